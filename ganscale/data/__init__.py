@@ -1,0 +1,1 @@
+"""The corpus layer: synthetic faces, packing to WebDataset shards, streaming to every rank."""
