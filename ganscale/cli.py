@@ -124,9 +124,21 @@ def _strip_launcher_args(argv: list[str]) -> list[str]:
     return out
 
 
+def _bare_resume(argv: list[str]) -> list[str]:
+    """`--resume` with no value means `--resume latest`."""
+    out = []
+    for i, a in enumerate(argv):
+        out.append(a)
+        if a == "--resume":
+            nxt = argv[i + 1] if i + 1 < len(argv) else None
+            if nxt is None or nxt.startswith("-") or nxt.endswith((".yaml", ".yml")):
+                out.append("latest")
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point."""
-    args = _strip_launcher_args(list(sys.argv[1:] if argv is None else argv))
+    args = _bare_resume(_strip_launcher_args(list(sys.argv[1:] if argv is None else argv)))
     debug = "--debug" in args
     args = [a for a in args if a != "--debug"]
     _register_groups()

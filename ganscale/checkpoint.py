@@ -1,0 +1,177 @@
+"""Resumable checkpoints: ``RUN/checkpoints/step-XXXXXXX/``, written atomically, last K kept.
+
+A checkpoint folder is first written under a temporary name (``.step-XXXXXXX.tmp``), every
+file flushed to disk, and only then renamed to its final name: a crash or kill mid-write
+leaves the previous checkpoint intact and never a folder that looks complete. A folder
+counts as complete only if it has its final name and its ``state.json``, which is written
+last. Weights are safetensors; optimizer states load with ``weights_only=True``; nothing
+in a checkpoint can run code when loaded.
+
+Layout of one checkpoint (Accelerate backend; DeepSpeed adds its engine folders):
+    G.safetensors, D.safetensors, G_ema.safetensors, optim_G.pt, optim_D.pt,
+    config.yaml, state.json (step, images seen, data positions, loss scalers, lr, version)
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ganscale.errors import GanscaleError
+
+FORMAT_VERSION = 1
+_STEP_RE = re.compile(r"^step-(\d{7,})$")
+
+
+class CheckpointWriteError(GanscaleError):
+    """Saving a checkpoint failed (e.g. disk full); the previous checkpoint is intact."""
+
+
+@dataclass
+class CheckpointRef:
+    path: Path
+    step: int
+
+
+def checkpoint_dir(run_dir: Path) -> Path:
+    return run_dir / "checkpoints"
+
+
+def list_checkpoints(run_dir: Path) -> list[CheckpointRef]:
+    """Complete checkpoints of a run, oldest first."""
+    root = checkpoint_dir(run_dir)
+    if not root.is_dir():
+        return []
+    refs = []
+    for p in root.iterdir():
+        m = _STEP_RE.match(p.name)
+        if m and p.is_dir() and (p / "state.json").is_file():
+            refs.append(CheckpointRef(p, int(m.group(1))))
+    return sorted(refs, key=lambda r: r.step)
+
+
+def latest_checkpoint(run_dir: Path) -> CheckpointRef | None:
+    refs = list_checkpoints(run_dir)
+    return refs[-1] if refs else None
+
+
+def resolve_resume(run_dir: Path, resume: str | None) -> Path | None:
+    """``None`` -> no resume; ``latest`` -> the newest complete checkpoint (or none yet);
+    a path -> that checkpoint folder (must be complete)."""
+    if resume is None:
+        return None
+    if resume in ("latest", "auto", ""):
+        ref = latest_checkpoint(run_dir)
+        return ref.path if ref else None
+    path = Path(resume)
+    if (path / "checkpoints").is_dir():  # a run folder
+        ref = latest_checkpoint(path)
+        if ref is None:
+            raise GanscaleError(f"--resume {resume}: run folder has no complete checkpoint")
+        return ref.path
+    if not (path / "state.json").is_file():
+        raise GanscaleError(f"--resume {resume}: not a complete checkpoint folder (no state.json); "
+                            f"use --resume latest or a folder under RUN/checkpoints/")
+    return path
+
+
+def staging_dir(run_dir: Path, step: int) -> Path:
+    return checkpoint_dir(run_dir) / f".step-{step:07d}.tmp"
+
+
+def final_dir(run_dir: Path, step: int) -> Path:
+    return checkpoint_dir(run_dir) / f"step-{step:07d}"
+
+
+def begin(run_dir: Path, step: int) -> Path:
+    """Create a clean staging folder (main process)."""
+    tmp = staging_dir(run_dir, step)
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def write_json(path: Path, obj: Any) -> None:
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def commit(run_dir: Path, step: int, state: dict[str, Any], keep: int) -> Path:
+    """Write state.json last, fsync, rename staging -> final, prune to the last ``keep``."""
+    tmp = staging_dir(run_dir, step)
+    state = {"format_version": FORMAT_VERSION, **state}
+    write_json(tmp / "state.json", state)
+    for f in tmp.rglob("*"):
+        if f.is_file():
+            fd = os.open(f, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    final = final_dir(run_dir, step)
+    if final.exists():  # re-saving the same step (e.g. end right after a periodic save)
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(final.parent)
+    prune(run_dir, keep)
+    return final
+
+
+def abort(run_dir: Path, step: int) -> None:
+    """Remove a failed staging folder."""
+    shutil.rmtree(staging_dir(run_dir, step), ignore_errors=True)
+
+
+def prune(run_dir: Path, keep: int) -> None:
+    refs = list_checkpoints(run_dir)
+    for ref in refs[:-keep] if keep > 0 else []:
+        shutil.rmtree(ref.path, ignore_errors=True)
+    for p in checkpoint_dir(run_dir).glob(".step-*.tmp"):  # leftovers of killed saves
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def read_state(folder: Path) -> dict[str, Any]:
+    try:
+        state = json.loads((folder / "state.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise GanscaleError(f"checkpoint {folder}: unreadable state.json ({e}); "
+                            f"resume from an earlier checkpoint") from None
+    version = state.get("format_version")
+    if version != FORMAT_VERSION:
+        raise GanscaleError(f"checkpoint {folder}: format version {version}, this ganscale reads "
+                            f"{FORMAT_VERSION}")
+    return state
+
+
+def disk_error(e: OSError, path: Path) -> CheckpointWriteError:
+    """A one-line error naming the path and the free space."""
+    try:
+        free = shutil.disk_usage(path if path.exists() else path.parent).free
+        free_s = f"{free / 2**20:.1f} MiB free"
+    except OSError:
+        free_s = "free space unknown"
+    what = "disk full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+    return CheckpointWriteError(f"checkpoint write to {path} failed: {what} ({free_s}); "
+                                f"the previous checkpoint is intact; free space or set checkpoint.keep lower")
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

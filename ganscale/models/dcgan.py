@@ -1,0 +1,66 @@
+"""The DCGAN of Radford et al. (2016): transposed-conv G, strided-conv D trunk.
+
+G: z (+ one-hot labels) -> ConvT 4x4 -> [ConvT stride 2 + BN + ReLU]* -> ConvT to RGB -> tanh.
+D trunk: [Conv 4x4 stride 2 + BN (not on the first layer) + LeakyReLU 0.2]* down to 4x4,
+flattened; the heads (``heads.py``) turn these features into logits. A linear adversarial
+head on the flattened 4x4 map is exactly DCGAN's final 4x4 valid conv.
+
+Each resolution step doubles/halves the width, capped at ``MAX_MULT`` x the base width (the
+64px net peaks at 8x; 128/256px ports usually cap at 16x).
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from ganscale.models.layers import LEAK, concat_one_hot, log2_int, norm2d
+
+MAX_MULT = 16
+
+
+class DCGANGenerator(nn.Module):
+    def __init__(self, z_dim: int, num_classes: list[int], image_size: int, channels: int) -> None:
+        super().__init__()
+        self.z_dim = z_dim
+        self.num_classes = list(num_classes)
+        n_up = log2_int(image_size, "image_size") - 2  # 4x4 -> image_size
+        mults = [min(2 ** (n_up - 1 - i), MAX_MULT) for i in range(n_up)]  # e.g. 8, 4, 2, 1
+        in_ch = z_dim + sum(self.num_classes)
+        layers: list[nn.Module] = [
+            nn.ConvTranspose2d(in_ch, channels * mults[0], 4, 1, 0, bias=False),
+            nn.BatchNorm2d(channels * mults[0]),
+            nn.ReLU(inplace=True),
+        ]
+        for a, b in zip(mults[:-1], mults[1:]):
+            layers += [
+                nn.ConvTranspose2d(channels * a, channels * b, 4, 2, 1, bias=False),
+                nn.BatchNorm2d(channels * b),
+                nn.ReLU(inplace=True),
+            ]
+        layers += [nn.ConvTranspose2d(channels * mults[-1], 3, 4, 2, 1), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
+        h = concat_one_hot(z, labels, self.num_classes)
+        return self.net(h[:, :, None, None])
+
+
+class DCGANTrunk(nn.Module):
+    """Image -> flattened 4x4 feature map ([B, feature_dim])."""
+
+    def __init__(self, image_size: int, channels: int, norm: str) -> None:
+        super().__init__()
+        n_down = log2_int(image_size, "image_size") - 2  # image_size -> 4x4
+        mults = [min(2**i, MAX_MULT) for i in range(n_down)]  # e.g. 1, 2, 4, 8
+        layers: list[nn.Module] = [nn.Conv2d(3, channels, 4, 2, 1), nn.LeakyReLU(LEAK, inplace=True)]
+        for a, b in zip(mults[:-1], mults[1:]):
+            layers += [
+                nn.Conv2d(channels * a, channels * b, 4, 2, 1, bias=norm == "none"),
+                norm2d(channels * b, norm),
+                nn.LeakyReLU(LEAK, inplace=True),
+            ]
+        self.net = nn.Sequential(*layers)
+        self.feature_dim = channels * mults[-1] * 4 * 4
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x).flatten(1)
