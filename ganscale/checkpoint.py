@@ -76,8 +76,10 @@ def resolve_resume(run_dir: Path, resume: str | None) -> Path | None:
             raise GanscaleError(f"--resume {resume}: run folder has no complete checkpoint")
         return ref.path
     if not (path / "state.json").is_file():
-        raise GanscaleError(f"--resume {resume}: not a complete checkpoint folder (no state.json); "
-                            f"use --resume latest or a folder under RUN/checkpoints/")
+        raise GanscaleError(
+            f"--resume {resume}: not a complete checkpoint folder (no state.json); "
+            f"use --resume latest or a folder under RUN/checkpoints/"
+        )
     return path
 
 
@@ -143,12 +145,14 @@ def read_state(folder: Path) -> dict[str, Any]:
     try:
         state = json.loads((folder / "state.json").read_text())
     except (OSError, json.JSONDecodeError) as e:
-        raise GanscaleError(f"checkpoint {folder}: unreadable state.json ({e}); "
-                            f"resume from an earlier checkpoint") from None
+        raise GanscaleError(
+            f"checkpoint {folder}: unreadable state.json ({e}); resume from an earlier checkpoint"
+        ) from None
     version = state.get("format_version")
     if version != FORMAT_VERSION:
-        raise GanscaleError(f"checkpoint {folder}: format version {version}, this ganscale reads "
-                            f"{FORMAT_VERSION}")
+        raise GanscaleError(
+            f"checkpoint {folder}: format version {version}, this ganscale reads {FORMAT_VERSION}"
+        )
     return state
 
 
@@ -160,8 +164,10 @@ def disk_error(e: OSError, path: Path) -> CheckpointWriteError:
     except OSError:
         free_s = "free space unknown"
     what = "disk full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
-    return CheckpointWriteError(f"checkpoint write to {path} failed: {what} ({free_s}); "
-                                f"the previous checkpoint is intact; free space or set checkpoint.keep lower")
+    return CheckpointWriteError(
+        f"checkpoint write to {path} failed: {what} ({free_s}); "
+        f"the previous checkpoint is intact; free space or set checkpoint.keep lower"
+    )
 
 
 def _fsync_dir(path: Path) -> None:

@@ -53,7 +53,9 @@ SetOpt = Annotated[
 @app.command()
 def train(
     config: ConfigArg,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Run folder (default runs/<config name>).")] = None,  # noqa: UP045
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Run folder (default runs/<config name>).")
+    ] = None,  # noqa: UP045
     set_: SetOpt = None,
     resume: Annotated[
         Optional[str],  # noqa: UP045
@@ -83,10 +85,13 @@ def sample(
         Optional[str],  # noqa: UP045
         typer.Option("--tags", help='Condition in the corpus\'s words, e.g. "aqua hair orange eyes".'),
     ] = None,
-    n: Annotated[int, typer.Option("--n", help="Number of images.")] = 64,
+    n: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option("--n", help="Images (default 64), or per condition with --all-conditions (default 8)."),
+    ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Noise seed.")] = 0,
     out: Annotated[
-        Optional[Path],  # noqa: UP045
+        Optional[str],  # noqa: UP045 - str, not Path: a trailing / means "a folder of PNGs"
         typer.Option("--out", help="Grid PNG, or a folder (ending in /) for one PNG per image."),
     ] = None,
     all_conditions: Annotated[
@@ -94,15 +99,27 @@ def sample(
     ] = False,
     interpolate: Annotated[
         Optional[str],  # noqa: UP045
-        typer.Option("--interpolate", help='GIF walking z and from --tags to these tags, e.g. "red hair blue eyes".'),
+        typer.Option(
+            "--interpolate", help='GIF walking z and from --tags to these tags, e.g. "red hair blue eyes".'
+        ),
     ] = None,
-    device: Annotated[Optional[str], typer.Option("--device", help="cpu or cuda (default: cuda if present).")] = None,  # noqa: UP045
+    device: Annotated[
+        str | None, typer.Option("--device", help="cpu or cuda (default: cuda if present).")
+    ] = None,  # noqa: UP045
 ) -> None:
     """Draw images from a trained (EMA) generator."""
     from ganscale.sampling import sample_command
 
-    written = sample_command(run, tags=tags, n=n, seed=seed, out=out, all_conditions=all_conditions,
-                             interpolate=interpolate, device=device)
+    written = sample_command(
+        run,
+        tags=tags,
+        n=n,
+        seed=seed,
+        out=out,
+        all_conditions=all_conditions,
+        interpolate=interpolate,
+        device=device,
+    )
     typer.echo(f"wrote {written}")
 
 

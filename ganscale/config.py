@@ -59,8 +59,11 @@ class ModelConfig:
     """Layers in each separate head (the study used 3)."""
 
     def __post_init__(self) -> None:
-        _check(self.image_size in (16, 32, 64, 128, 256), "model.image_size",
-               f"{self.image_size} is not supported; use 16, 32, 64, 128 or 256")
+        _check(
+            self.image_size in (16, 32, 64, 128, 256),
+            "model.image_size",
+            f"{self.image_size} is not supported; use 16, 32, 64, 128 or 256",
+        )
         for k in ("z_dim", "g_channels", "d_channels", "head_layers"):
             _check(getattr(self, k) > 0, f"model.{k}", f"must be > 0, got {getattr(self, k)}")
         _check(self.g_blocks >= 0, "model.g_blocks", f"must be >= 0, got {self.g_blocks}")
@@ -117,6 +120,9 @@ class TrainConfig:
     """D steps per G step."""
     grad_accum: int = 1
     """Micro-batches accumulated into each D and each G step."""
+    global_batch: int = 0
+    """If > 0, the images per optimizer step across all processes; grad_accum is then derived
+    as global_batch / (batch_size x processes), so a resume on another process count keeps it."""
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     """Autocast dtype. fp16 uses one loss scaler for G and another for D."""
     ema_decay: float = 0.999
@@ -132,10 +138,14 @@ class TrainConfig:
         _check(self.batch_size > 0, "train.batch_size", f"must be > 0, got {self.batch_size}")
         _check(self.max_steps >= 0, "train.max_steps", f"must be >= 0, got {self.max_steps}")
         _check(self.max_images >= 0, "train.max_images", f"must be >= 0, got {self.max_images}")
-        _check(self.max_steps > 0 or self.max_images > 0, "train.max_steps",
-               "set train.max_steps or train.max_images to a positive number")
+        _check(
+            self.max_steps > 0 or self.max_images > 0,
+            "train.max_steps",
+            "set train.max_steps or train.max_images to a positive number",
+        )
         _check(self.n_critic >= 1, "train.n_critic", f"must be >= 1, got {self.n_critic}")
         _check(self.grad_accum >= 1, "train.grad_accum", f"must be >= 1, got {self.grad_accum}")
+        _check(self.global_batch >= 0, "train.global_batch", f"must be >= 0, got {self.global_batch}")
         _check(0 <= self.ema_decay < 1, "train.ema_decay", "must be in [0, 1)")
 
 
@@ -170,8 +180,11 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         if self.source == "synthetic":
-            _check(not self.path, "data.path",
-                   f"is set ({self.path!r}) but data.source is synthetic; add --set data.source=shards")
+            _check(
+                not self.path,
+                "data.path",
+                f"is set ({self.path!r}) but data.source is synthetic; add --set data.source=shards",
+            )
         else:
             _check(bool(self.path), "data.path", "is empty but data.source is shards; set data.path")
         _check(self.synthetic_n > 0, "data.synthetic_n", "must be > 0")
@@ -266,10 +279,25 @@ class Config:
 
     def __post_init__(self) -> None:
         if self.loss.penalty == "gp" and self.model.d_norm == "batch":
-            raise ConfigError("config key model.d_norm: batch norm breaks the per-sample gradient "
-                              "penalty of WGAN-GP; use --set model.d_norm=auto (or none)")
+            raise ConfigError(
+                "config key model.d_norm: batch norm breaks the per-sample gradient "
+                "penalty of WGAN-GP; use --set model.d_norm=auto (or none)"
+            )
         if self.model.head == "projection" and not self.model.conditional:
             raise ConfigError("config key model.head: projection needs model.conditional: true")
+
+    def grad_accum_for(self, world_size: int) -> int:
+        """Micro-steps per optimizer step on ``world_size`` processes (train.global_batch wins)."""
+        tc = self.train
+        if not tc.global_batch:
+            return tc.grad_accum
+        per_step = tc.batch_size * world_size
+        if tc.global_batch % per_step:
+            raise ConfigError(
+                f"config key train.global_batch: {tc.global_batch} is not divisible by train.batch_size x "
+                f"processes = {tc.batch_size} x {world_size}; pick a multiple of {per_step}"
+            )
+        return tc.global_batch // per_step
 
     @property
     def d_norm(self) -> str:
@@ -296,11 +324,14 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     if origin is Literal:
         choices = typing.get_args(tp)
+        if isinstance(value, bool):  # YAML 1.1 reads a bare `no` as False
+            value = {False: "no", True: "yes"}[value] if "no" in choices else value
         if value not in choices:
             close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"config key {key}: {value!r} is not one of "
-                              f"{', '.join(map(str, choices))}{hint}")
+            raise ConfigError(
+                f"config key {key}: {value!r} is not one of {', '.join(map(str, choices))}{hint}"
+            )
         return value
     if origin in (typing.Union, types.UnionType):
         for arg in typing.get_args(tp):
@@ -334,8 +365,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
     elif tp is Any:
         return value
-    raise ConfigError(f"config key {key}: expected {_type_name(tp)}, got {value!r} "
-                      f"({type(value).__name__})")
+    raise ConfigError(f"config key {key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
 
 
 def _build(cls: type, data: Any, prefix: str) -> Any:

@@ -65,8 +65,11 @@ def find_export(path: Path) -> tuple[Path, Path]:
         return path.with_suffix(".safetensors"), path.with_suffix(".json")
     if not path.exists():
         raise GanscaleError(f"{path}: no such run folder or generator file")
-    for weights, meta in ((path / "best" / WEIGHTS, path / "best" / META), (path / WEIGHTS, path / META),
-                          (path / "G_ema.safetensors", path / META)):
+    for weights, meta in (
+        (path / "best" / WEIGHTS, path / "best" / META),
+        (path / WEIGHTS, path / META),
+        (path / "G_ema.safetensors", path / META),
+    ):
         if weights.is_file():
             return weights, meta
     from ganscale.checkpoint import latest_checkpoint
@@ -74,8 +77,10 @@ def find_export(path: Path) -> tuple[Path, Path]:
     ref = latest_checkpoint(path)
     if ref is not None:
         return ref.path / "G_ema.safetensors", ref.path / META
-    raise GanscaleError(f"{path}: no generator found (no {WEIGHTS} and no checkpoint); "
-                        f"train first or pass an exported .safetensors")
+    raise GanscaleError(
+        f"{path}: no generator found (no {WEIGHTS} and no checkpoint); "
+        f"train first or pass an exported .safetensors"
+    )
 
 
 def load_generator(path: Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
@@ -91,8 +96,9 @@ def load_generator(path: Path, device: str | torch.device = "cpu") -> tuple[nn.M
     try:
         meta = json.loads(meta_path.read_text())
     except FileNotFoundError:
-        raise GanscaleError(f"{meta_path}: generator description missing (it is written beside "
-                            f"{weights.name})") from None
+        raise GanscaleError(
+            f"{meta_path}: generator description missing (it is written beside {weights.name})"
+        ) from None
     except json.JSONDecodeError as e:
         raise GanscaleError(f"{meta_path}: not valid JSON ({e})") from None
     if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
@@ -120,8 +126,10 @@ def load_generator(path: Path, device: str | torch.device = "cpu") -> tuple[nn.M
             parts.append(f"unexpected tensors {extra[:3]}")
         if shape:
             k = shape[0]
-            parts.append(f"{k} has shape {tuple(tensors[k].shape)}, {meta_path.name} implies "
-                         f"{tuple(expected[k].shape)}")
+            parts.append(
+                f"{k} has shape {tuple(tensors[k].shape)}, {meta_path.name} implies "
+                f"{tuple(expected[k].shape)}"
+            )
         raise GanscaleError(f"{weights}: does not match {meta_path.name}: {'; '.join(parts)}")
     G.load_state_dict(tensors)
     return G.to(device).eval().requires_grad_(False), meta

@@ -26,7 +26,7 @@ def make_grid(images: torch.Tensor, ncol: int | None = None, pad: int = 2) -> np
     for i in range(n):
         r, col = divmod(i, ncol)
         y, x = pad + r * (h + pad), pad + col * (w + pad)
-        grid[y:y + h, x:x + w] = arr[i]
+        grid[y : y + h, x : x + w] = arr[i]
     return grid
 
 

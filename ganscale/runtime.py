@@ -34,7 +34,9 @@ NETS = ("g", "d")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def make_adam(params: Any, lr: float, betas: tuple[float, float], impl: str, device: torch.device) -> torch.optim.Adam:
+def make_adam(
+    params: Any, lr: float, betas: tuple[float, float], impl: str, device: torch.device
+) -> torch.optim.Adam:
     """Adam with the fastest implementation the device supports (fused on CUDA, foreach elsewhere)."""
     kwargs: dict[str, Any] = {}
     if impl == "auto":
@@ -67,8 +69,10 @@ class Runtime:
     def _init_precision(self, mixed_precision: str) -> None:
         self.amp_dtype = _DTYPES.get(mixed_precision)
         if mixed_precision == "fp16" and self.device.type == "cpu":
-            warnings.warn("fp16 autocast on CPU is slow and unsupported by some ops; bf16 is the CPU choice",
-                          stacklevel=2)
+            warnings.warn(
+                "fp16 autocast on CPU is slow and unsupported by some ops; bf16 is the CPU choice",
+                stacklevel=2,
+            )
         fp16 = mixed_precision == "fp16"
         self.scalers = {net: torch.amp.GradScaler(self.device.type, enabled=fp16) for net in NETS}
 
@@ -186,7 +190,9 @@ class AccelerateRuntime(Runtime):
                 G = nn.SyncBatchNorm.convert_sync_batchnorm(G)
                 D = nn.SyncBatchNorm.convert_sync_batchnorm(D)
             elif self.is_main:
-                warnings.warn("train.sync_batchnorm needs CUDA and several processes; ignored here", stacklevel=2)
+                warnings.warn(
+                    "train.sync_batchnorm needs CUDA and several processes; ignored here", stacklevel=2
+                )
         G.to(self.device)
         D.to(self.device)
         if cfg.train.channels_last:
@@ -229,7 +235,9 @@ class AccelerateRuntime(Runtime):
         for net in NETS:
             weights = load_file(str(folder / f"{net.upper()}.safetensors"), device=str(self.device))
             self._plain[net].load_state_dict(weights)
-            opt_state = torch.load(folder / f"optim_{net.upper()}.pt", map_location=self.device, weights_only=True)
+            opt_state = torch.load(
+                folder / f"optim_{net.upper()}.pt", map_location=self.device, weights_only=True
+            )
             self.opt[net].load_state_dict(opt_state)
 
     def end(self) -> None:
@@ -247,7 +255,9 @@ def build_runtime(cfg: Config) -> Runtime:
         try:
             from ganscale.runtime_deepspeed import DeepSpeedRuntime
         except ImportError as e:
-            raise GanscaleError(f"backend: deepspeed needs DeepSpeed ({e}); pip install 'ganscale[deepspeed]'") from e
+            raise GanscaleError(
+                f"backend: deepspeed needs DeepSpeed ({e}); pip install 'ganscale[deepspeed]'"
+            ) from e
         return DeepSpeedRuntime(cfg)
     return AccelerateRuntime(cfg)
 

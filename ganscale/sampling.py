@@ -30,8 +30,10 @@ def parse_conditions(text: str | None, meta: dict[str, Any]) -> list[str] | None
             raise GanscaleError(f"--tags {text!r}: this generator is unconditional; drop --tags")
         return None
     if not text:
-        raise GanscaleError("this generator is conditional: pass --tags, e.g. --tags "
-                            f"\"{' '.join(f'{v[0]} {a}' for a, v in attributes.items())}\", or --all-conditions")
+        raise GanscaleError(
+            "this generator is conditional: pass --tags, e.g. --tags "
+            f'"{" ".join(f"{v[0]} {a}" for a, v in attributes.items())}", or --all-conditions'
+        )
     return [t.strip() for t in text.split(";") if t.strip()]
 
 
@@ -46,8 +48,10 @@ def all_conditions(attributes: dict[str, list[str]]) -> list[str]:
     import itertools
 
     names = list(attributes)
-    return [" ".join(f"{v} {a}" for a, v in zip(names, combo, strict=True))
-            for combo in itertools.product(*(attributes[a] for a in names))]
+    return [
+        " ".join(f"{v} {a}" for a, v in zip(names, combo, strict=True))
+        for combo in itertools.product(*(attributes[a] for a in names))
+    ]
 
 
 def noise(n: int, meta: dict[str, Any], seed: int, device: torch.device) -> torch.Tensor:
@@ -56,8 +60,15 @@ def noise(n: int, meta: dict[str, Any], seed: int, device: torch.device) -> torc
 
 
 @torch.no_grad()
-def generate(G: nn.Module, meta: dict[str, Any], conditions: list[str] | None, per_condition: int,
-             seed: int, device: torch.device, rows: int = 4) -> torch.Tensor:
+def generate(
+    G: nn.Module,
+    meta: dict[str, Any],
+    conditions: list[str] | None,
+    per_condition: int,
+    seed: int,
+    device: torch.device,
+    rows: int = 4,
+) -> torch.Tensor:
     """Images [R*per_condition, 3, S, S]: one row per condition, the same z down each column
     (so a column shows one face under every condition)."""
     was_training = G.training
@@ -73,9 +84,16 @@ def generate(G: nn.Module, meta: dict[str, Any], conditions: list[str] | None, p
         G.train(was_training)
 
 
-def sample_command(run: Path, tags: str | None = None, n: int | None = None, seed: int = 0,
-                   out: Path | None = None, all_conditions: bool = False, interpolate: str | None = None,
-                   device: str | None = None) -> Path:
+def sample_command(
+    run: Path,
+    tags: str | None = None,
+    n: int | None = None,
+    seed: int = 0,
+    out: str | Path | None = None,
+    all_conditions: bool = False,
+    interpolate: str | None = None,
+    device: str | None = None,
+) -> Path:
     """What `ganscale sample` does; returns the path written."""
     from ganscale.export import load_generator
 
@@ -83,8 +101,9 @@ def sample_command(run: Path, tags: str | None = None, n: int | None = None, see
     G, meta = load_generator(Path(run), dev)
     out_str = str(out) if out is not None else ""
     if interpolate is not None:
-        return _interpolate(G, meta, tags, interpolate, n or 16, seed, dev,
-                            Path(out_str or "interpolation.gif"))
+        return _interpolate(
+            G, meta, tags, interpolate, n or 16, seed, dev, Path(out_str or "interpolation.gif")
+        )
     if all_conditions:
         if not meta["attributes"]:
             raise GanscaleError("--all-conditions: this generator is unconditional")
@@ -98,7 +117,7 @@ def sample_command(run: Path, tags: str | None = None, n: int | None = None, see
         images = generate(G, meta, None, count, seed, dev, rows=1)
     else:
         images = generate(G, meta, conditions, per, seed, dev)
-    if out_str.endswith("/") or (out is not None and out.is_dir()):
+    if out_str.endswith("/") or (out is not None and Path(out).is_dir()):
         folder = Path(out_str)
         folder.mkdir(parents=True, exist_ok=True)
         for i, arr in enumerate(to_uint8(images)):
@@ -114,6 +133,14 @@ def _all(meta: dict[str, Any]) -> list[str]:
     return all_conditions(meta["attributes"])
 
 
+def one_hot_code(labels: torch.Tensor, attributes: dict[str, list[str]]) -> torch.Tensor:
+    """[B, A] class indices -> the concatenated one-hot code G is conditioned on."""
+    import torch.nn.functional as F
+
+    sizes = [len(v) for v in attributes.values()]
+    return torch.cat([F.one_hot(labels[:, i], n).float() for i, n in enumerate(sizes)], dim=1)
+
+
 def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
     """Spherical interpolation between two latent vectors (keeps the norm typical of z)."""
     an, bn = a / a.norm(dim=-1, keepdim=True), b / b.norm(dim=-1, keepdim=True)
@@ -125,24 +152,31 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _interpolate(G: nn.Module, meta: dict[str, Any], tags: str | None, target: str, frames: int, seed: int,
-                 device: torch.device, out: Path) -> Path:
+def _interpolate(
+    G: nn.Module,
+    meta: dict[str, Any],
+    tags: str | None,
+    target: str,
+    frames: int,
+    seed: int,
+    device: torch.device,
+    out: Path,
+) -> Path:
     """A GIF walking z (slerp between two draws) and, for conditional G, the condition from
     --tags to --interpolate (continuously, through mixed one-hot codes)."""
-    from ganscale.models import generate_soft
-
     z0, z1 = noise(2, meta, seed, device).chunk(2)
     attributes = meta["attributes"]
     if attributes:
         start = labels_for(parse_conditions(tags, meta)[:1], attributes)
         end = labels_for([target], attributes)
+        start, end = start.to(device), end.to(device)
     frames = max(2, frames)
     images = []
     for i in range(frames):
         t = i / (frames - 1)
         z = slerp(z0, z1, t)
         if attributes:
-            x = generate_soft(G, z, start.to(device), end.to(device), t)
+            x = G(z, (1 - t) * one_hot_code(start, attributes) + t * one_hot_code(end, attributes))
         else:
             x = G(z, None)
         images.append(Image.fromarray(to_uint8(x.float())[0]))
@@ -151,4 +185,3 @@ def _interpolate(G: nn.Module, meta: dict[str, Any], tags: str | None, target: s
     images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=80, loop=0)
     tmp.replace(out)
     return out
-

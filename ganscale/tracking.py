@@ -55,8 +55,11 @@ class _Guarded(Tracker):
             fn(*args, **kwargs)
         except Exception as e:  # noqa: BLE001 - a tracker must never stop training
             self.broken = True
-            warnings.warn(f"{self.name} failed ({type(e).__name__}: {e}); tracking is off for the rest "
-                          f"of this run, metrics.jsonl continues", stacklevel=3)
+            warnings.warn(
+                f"{self.name} failed ({type(e).__name__}: {e}); tracking is off for the rest "
+                f"of this run, metrics.jsonl continues",
+                stacklevel=3,
+            )
 
 
 def wandb_mode() -> str:
@@ -87,9 +90,16 @@ class WandbTracker(_Guarded):
         import wandb
 
         self.wandb = wandb
-        self.run = wandb.init(project=project, name=name, dir=str(run_dir), config=config,
-                              mode=wandb_mode(), resume="allow",
-                              id=_stable_run_id(run_dir), settings=wandb.Settings(silent=True))
+        self.run = wandb.init(
+            project=project,
+            name=name,
+            dir=str(run_dir),
+            config=config,
+            mode=wandb_mode(),
+            resume="allow",
+            id=_stable_run_id(run_dir),
+            settings=wandb.Settings(silent=True),
+        )
         self.run_path = Path(self.run.dir).parent if self.run is not None else None
 
     def log(self, metrics: dict[str, float], step: int) -> None:
@@ -147,8 +157,9 @@ def _stable_run_id(run_dir: Path) -> str:
     return hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:12]
 
 
-def build_tracker(kind: str, run_dir: Path, project: str, name: str, config: dict[str, Any],
-                  is_main: bool) -> Tracker:
+def build_tracker(
+    kind: str, run_dir: Path, project: str, name: str, config: dict[str, Any], is_main: bool
+) -> Tracker:
     if not is_main or kind == "none":
         return NullTracker()
     if kind == "wandb":
@@ -166,7 +177,9 @@ class MetricsFile:
     def write(self, record: dict[str, Any]) -> None:
         if self._f is None:
             return
-        clean = {k: (v if not isinstance(v, float) or math.isfinite(v) else str(v)) for k, v in record.items()}
+        clean = {
+            k: (v if not isinstance(v, float) or math.isfinite(v) else str(v)) for k, v in record.items()
+        }
         self._f.write(json.dumps(clean) + "\n")
         self._f.flush()
 

@@ -9,6 +9,7 @@ bit-exactly.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
 import warnings
@@ -31,8 +32,12 @@ from ganscale.tracking import MetricsFile, build_tracker, read_metrics
 # Rows of the fixed sample grid for conditional runs: the study's conditions where the corpus
 # has those colours (the first combinations of the vocabulary otherwise).
 STUDY_CONDITIONS = [
-    "aqua hair orange eyes", "blue hair blue eyes", "blue hair red eyes",
-    "green hair blue eyes", "pink hair green eyes", "blonde hair purple eyes",
+    "aqua hair orange eyes",
+    "blue hair blue eyes",
+    "blue hair red eyes",
+    "green hair blue eyes",
+    "pink hair green eyes",
+    "blonde hair purple eyes",
 ]
 SIGNAL_CHECK_EVERY = 5  # steps between all-rank checks for a stop signal
 
@@ -78,10 +83,9 @@ class StopSignal:
 
     def install(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGUSR1):
-            try:
+            # ValueError off the main thread (e.g. train() called from a test's thread)
+            with contextlib.suppress(ValueError):
                 self._old[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread (e.g. tests calling train() in a thread)
-                pass
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.received = signum
@@ -97,18 +101,27 @@ class Trainer:
         from ganscale.models import build_discriminator, build_generator
 
         self.cfg, self.run_dir, self.rt = cfg, run_dir, rt
-        self.data = build_loader(cfg.data, image_size=cfg.model.image_size, batch_size=cfg.train.batch_size,
-                                 seed=cfg.seed, rank=rt.rank, world_size=rt.world_size)
+        self.data = build_loader(
+            cfg.data,
+            image_size=cfg.model.image_size,
+            batch_size=cfg.train.batch_size,
+            seed=cfg.seed,
+            rank=rt.rank,
+            world_size=rt.world_size,
+        )
         self.attributes = dict(self.data.info.attributes) if cfg.model.conditional else {}
         if cfg.model.conditional and not self.attributes:
-            raise GanscaleError("model.conditional is true but the corpus has no attributes (labels); "
-                                "use a labelled corpus or --set model.conditional=false")
+            raise GanscaleError(
+                "model.conditional is true but the corpus has no attributes (labels); "
+                "use a labelled corpus or --set model.conditional=false"
+            )
         self.num_classes = [len(v) for v in self.attributes.values()]
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         G = build_generator(cfg.model, self.num_classes)
         D = build_discriminator(cfg.model, self.num_classes, norm=cfg.d_norm)
         rt.setup(G, D)
         self.ema = EMA(rt.module("g"), cfg.train.ema_decay)
+        self.grad_accum = cfg.grad_accum_for(rt.world_size)
         self.state = TrainState()
         self.meta = generator_meta(cfg, self.attributes)
 
@@ -120,7 +133,9 @@ class Trainer:
         z = torch.randn(batch, self.cfg.model.z_dim, device=dev, generator=gen) * self.cfg.model.z_sigma
         if not self.num_classes:
             return z, None
-        labels = torch.stack([torch.randint(n, (batch,), device=dev, generator=gen) for n in self.num_classes], 1)
+        labels = torch.stack(
+            [torch.randint(n, (batch,), device=dev, generator=gen) for n in self.num_classes], 1
+        )
         return z, labels
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -136,7 +151,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ the two phases
     def d_phase(self, step: int) -> dict[str, torch.Tensor]:
-        cfg, rt, accum = self.cfg, self.rt, self.cfg.train.grad_accum
+        cfg, rt, accum = self.cfg, self.rt, self.grad_accum
         out: dict[str, torch.Tensor] = {}
         for critic in range(cfg.train.n_critic):
             for micro in range(accum):
@@ -148,12 +163,14 @@ class Trainer:
                     real_logits, real_cls = rt.D(real, real_labels)
                     fake_logits, fake_cls = rt.D(fake, fake_labels)
                     adv = losses.d_adversarial_loss(cfg.loss.adversarial, real_logits, fake_logits)
-                    cls = cfg.loss.class_weight * (losses.class_loss(real_cls, real_labels)
-                                                   + losses.class_loss(fake_cls, fake_labels))
+                    cls = cfg.loss.class_weight * (
+                        losses.class_loss(real_cls, real_labels) + losses.class_loss(fake_cls, fake_labels)
+                    )
                     loss = adv + cls
                     if cfg.loss.penalty != "none":
-                        pen = losses.gradient_penalty(cfg.loss.penalty, rt.D, real, fake, real_labels,
-                                                      grad_scale=rt.loss_scale("d"))
+                        pen = losses.gradient_penalty(
+                            cfg.loss.penalty, rt.D, real, fake, real_labels, grad_scale=rt.loss_scale("d")
+                        )
                         loss = loss + cfg.loss.penalty_weight * pen
                         out["loss/penalty"] = pen.detach()
                     rt.backward(loss / accum, "d")
@@ -169,7 +186,7 @@ class Trainer:
         return out
 
     def g_phase(self, step: int) -> dict[str, torch.Tensor]:
-        cfg, rt, accum = self.cfg, self.rt, self.cfg.train.grad_accum
+        cfg, rt, accum = self.cfg, self.rt, self.grad_accum
         D = rt.module("d")  # plain D: no DDP reduction and no gradient kept for D in this phase
         D.requires_grad_(False)
         try:
@@ -206,8 +223,10 @@ class Trainer:
         self.tracker.alert("non_finite", msg)
         self.metrics.write({"step": step + 1, "event": "non_finite", "net": net, "policy": policy})
         if policy == "stop":
-            raise NonFiniteLoss(f"{msg}; stopped (faults.nan_policy=stop). Resume from the last checkpoint "
-                                f"with a lower lr, or set faults.nan_policy=rollback")
+            raise NonFiniteLoss(
+                f"{msg}; stopped (faults.nan_policy=stop). Resume from the last checkpoint "
+                f"with a lower lr, or set faults.nan_policy=rollback"
+            )
         self.rt.opt[net].zero_grad(set_to_none=True)
         if policy == "rollback":
             raise _Rollback(msg)
@@ -218,15 +237,16 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
     def run(self, resume: str | None) -> TrainResult:
         cfg, rt, tc = self.cfg, self.rt, self.cfg.train
-        self.tracker = build_tracker(cfg.log.tracker, self.run_dir, cfg.log.project, cfg.name, cfg.to_dict(),
-                                     rt.is_main)
+        self.tracker = build_tracker(
+            cfg.log.tracker, self.run_dir, cfg.log.project, cfg.name, cfg.to_dict(), rt.is_main
+        )
         self.metrics = MetricsFile(self.run_dir / "metrics.jsonl" if rt.is_main else None)
         self.restore(ckpt.resolve_resume(self.run_dir, resume))
         self._batches = iter(self.data)
         stop = StopSignal()
         stop.install()
         progress = self._progress()
-        images_per_step = tc.batch_size * tc.grad_accum * tc.n_critic * rt.world_size
+        images_per_step = tc.batch_size * self.grad_accum * tc.n_critic * rt.world_size
         self._data_wait, t_log, seen_log = 0.0, time.perf_counter(), self.state.images_seen
         stopped = False
         try:
@@ -243,17 +263,21 @@ class Trainer:
                 step = self.state.step
                 if step % cfg.log.every == 0 or self.done():
                     now = time.perf_counter()
-                    self.log(record, step, (self.state.images_seen - seen_log) / (now - t_log),
-                             self._data_wait / (now - t_log))
+                    self.log(
+                        record,
+                        step,
+                        (self.state.images_seen - seen_log) / (now - t_log),
+                        self._data_wait / (now - t_log),
+                    )
                     self._data_wait, t_log, seen_log = 0.0, now, self.state.images_seen
                 if cfg.log.sample_every and step % cfg.log.sample_every == 0:
                     self.write_samples(step)
                 if cfg.checkpoint.every and step % cfg.checkpoint.every == 0 and not self.done():
                     self.save()
-                if step % SIGNAL_CHECK_EVERY == 0 or rt.world_size == 1:
-                    if self._any_rank(stop.received is not None):
-                        stopped = True
-                        break
+                check = step % SIGNAL_CHECK_EVERY == 0 or rt.world_size == 1
+                if check and self._any_rank(stop.received is not None):
+                    stopped = True
+                    break
                 progress.update(step)
             self.save()
             if rt.is_main:
@@ -268,7 +292,8 @@ class Trainer:
     def done(self) -> bool:
         tc = self.cfg.train
         return (tc.max_steps > 0 and self.state.step >= tc.max_steps) or (
-            tc.max_images > 0 and self.state.images_seen >= tc.max_images)
+            tc.max_images > 0 and self.state.images_seen >= tc.max_images
+        )
 
     def _any_rank(self, flag: bool) -> bool:
         t = torch.tensor([1.0 if flag else 0.0], device=self.rt.device)
@@ -278,9 +303,14 @@ class Trainer:
         keys = sorted(record)
         values = self.rt.all_reduce_mean(torch.stack([record[k].float().reshape(()) for k in keys]))
         row: dict[str, Any] = {k: round(v, 6) for k, v in zip(keys, values.tolist(), strict=True)}
-        row |= {"step": step, "images_seen": self.state.images_seen, "images_per_s": round(img_per_s, 2),
-                "data_wait_fraction": round(min(1.0, data_wait), 4),
-                "lr/g": self.rt.opt["g"].param_groups[0]["lr"], "lr/d": self.rt.opt["d"].param_groups[0]["lr"]}
+        row |= {
+            "step": step,
+            "images_seen": self.state.images_seen,
+            "images_per_s": round(img_per_s, 2),
+            "data_wait_fraction": round(min(1.0, data_wait), 4),
+            "lr/g": self.rt.opt["g"].param_groups[0]["lr"],
+            "lr/d": self.rt.opt["d"].param_groups[0]["lr"],
+        }
         self.metrics.write(row)
         self.tracker.log({k: v for k, v in row.items() if k != "step"}, step=step)
         self._last_row = row
@@ -300,8 +330,10 @@ class Trainer:
             rows.append(text)
         if not rows:  # a corpus with other attribute names: first combinations
             names = list(self.attributes)
-            rows = [" ".join(f"{self.attributes[a][i % len(self.attributes[a])]} {a}" for a in names)
-                    for i in range(6)]
+            rows = [
+                " ".join(f"{self.attributes[a][i % len(self.attributes[a])]} {a}" for a in names)
+                for i in range(6)
+            ]
         return rows
 
     @torch.no_grad()
@@ -309,8 +341,14 @@ class Trainer:
         from ganscale.sampling import generate
 
         conditions = self.sample_conditions()
-        return generate(self.ema.shadow, self.meta, conditions, self.cfg.log.samples_per_condition,
-                        seed=self.cfg.seed, device=self.rt.device)
+        return generate(
+            self.ema.shadow,
+            self.meta,
+            conditions,
+            self.cfg.log.samples_per_condition,
+            seed=self.cfg.seed,
+            device=self.rt.device,
+        )
 
     def write_samples(self, step: int) -> None:
         if not self.rt.is_main:
@@ -341,8 +379,10 @@ class Trainer:
             folder = ckpt.staging_dir(self.run_dir, step)
             rt.save_training_state(folder)
             if rt.is_main:
-                save_file({k: v.contiguous() for k, v in self.ema.state_dict().items()},
-                          str(folder / "G_ema.safetensors"))
+                save_file(
+                    {k: v.contiguous() for k, v in self.ema.state_dict().items()},
+                    str(folder / "G_ema.safetensors"),
+                )
                 save_config(self.cfg, folder / "config.yaml")
                 ckpt.write_json(folder / "generator.json", self.meta)
         except OSError as e:
@@ -357,9 +397,16 @@ class Trainer:
                 return
             raise ckpt.CheckpointWriteError(message)
         if rt.is_main:
-            state = {"step": step, "images_seen": self.state.images_seen, "lr_factor": self.state.lr_factor,
-                     "skipped_steps": self.state.skipped_steps, "rollbacks": self.state.rollbacks,
-                     "world_size": rt.world_size, "data": data_states, "scalers": rt.scaler_state()}
+            state = {
+                "step": step,
+                "images_seen": self.state.images_seen,
+                "lr_factor": self.state.lr_factor,
+                "skipped_steps": self.state.skipped_steps,
+                "rollbacks": self.state.rollbacks,
+                "world_size": rt.world_size,
+                "data": data_states,
+                "scalers": rt.scaler_state(),
+            }
             try:
                 ckpt.commit(self.run_dir, step, state, self.cfg.checkpoint.keep)
             except OSError as e:
@@ -424,8 +471,14 @@ class _Progress:
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        self.bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                            TextColumn("{task.fields[info]}"), transient=False)
+        self.bar = Progress(
+            TextColumn("[bold]train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"),
+            transient=False,
+        )
         total = trainer.cfg.train.max_steps or None
         self.task = self.bar.add_task("train", total=total, completed=trainer.state.step, info="")
         self.bar.start()
@@ -434,8 +487,14 @@ class _Progress:
         if self.bar is None:
             return
         row = getattr(self.trainer, "_last_row", {})
-        info = (f"{row.get('images_per_s', 0):.0f} img/s  D {row.get('loss/d', float('nan')):.3f}  "
-                f"G {row.get('loss/g', float('nan')):.3f}") if row else ""
+        info = (
+            (
+                f"{row.get('images_per_s', 0):.0f} img/s  D {row.get('loss/d', float('nan')):.3f}  "
+                f"G {row.get('loss/g', float('nan')):.3f}"
+            )
+            if row
+            else ""
+        )
         self.bar.update(self.task, completed=step, info=info)
 
     def close(self) -> None:

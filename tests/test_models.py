@@ -16,10 +16,20 @@ VARIANTS = [(False, "shared")] + [(True, h) for h in HEADS]
 VARIANT_IDS = ["uncond"] + HEADS
 
 
-def tiny_cfg(arch: str, image_size: int = 16, conditional: bool = True, head: str = "separate",
-             width: int = 8) -> ModelConfig:
-    return ModelConfig(arch=arch, conditional=conditional, head=head, image_size=image_size,
-                       z_dim=16, g_channels=width, d_channels=width, g_blocks=1, head_layers=3)
+def tiny_cfg(
+    arch: str, image_size: int = 16, conditional: bool = True, head: str = "separate", width: int = 8
+) -> ModelConfig:
+    return ModelConfig(
+        arch=arch,
+        conditional=conditional,
+        head=head,
+        image_size=image_size,
+        z_dim=16,
+        g_channels=width,
+        d_channels=width,
+        g_blocks=1,
+        head_layers=3,
+    )
 
 
 def build(cfg: ModelConfig, norm: str = "batch") -> tuple[nn.Module, nn.Module]:
@@ -120,8 +130,9 @@ def test_gradients_reach_every_parameter(arch: str, conditional: bool, head: str
     labels = y if conditional else None
     adv, logits = D(G(z, labels), labels)
     w = torch.randn(4)  # random readout so no term cancels under BatchNorm
-    loss = (adv * w).sum() + sum(torch.nn.functional.cross_entropy(lg, y[:, i].clamp(min=0))
-                                 for i, lg in enumerate(logits))
+    loss = (adv * w).sum() + sum(
+        torch.nn.functional.cross_entropy(lg, y[:, i].clamp(min=0)) for i, lg in enumerate(logits)
+    )
     loss.backward()
     for net in (G, D):
         dead = [n for n, g in _grads(net).items() if g is None or not g.abs().sum() > 0]
@@ -139,8 +150,9 @@ def test_each_output_reaches_generator(arch: str, head: str) -> None:
     adv, logits = D(G(z, y), y)
     outputs = [adv] + logits
     for i, out in enumerate(outputs):
-        (g,) = torch.autograd.grad((out * torch.randn_like(out)).sum(), last, retain_graph=True,
-                                   allow_unused=True)
+        (g,) = torch.autograd.grad(
+            (out * torch.randn_like(out)).sum(), last, retain_graph=True, allow_unused=True
+        )
         assert g is not None and g.abs().sum() > 0, f"output {i} of D ({head}) does not depend on G"
 
 
@@ -198,7 +210,7 @@ def test_channels_last_matches(arch: str) -> None:
     adv_cl, logits_cl = D_cl(x.contiguous(memory_format=torch.channels_last), y)
     torch.testing.assert_close(x_cl, x, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(adv_cl, adv, rtol=1e-4, atol=1e-5)
-    for a, b in zip(logits_cl, logits):
+    for a, b in zip(logits_cl, logits, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
@@ -218,8 +230,7 @@ def test_compile_fullgraph(head: str) -> None:
 
 def test_study_parameter_counts() -> None:
     """The study's 64px DCGAN (ngf = ndf = 64) matches pytorch/examples' DCGAN up to biases."""
-    cfg = ModelConfig(arch="dcgan", conditional=False, image_size=64, z_dim=100,
-                      g_channels=64, d_channels=64)
+    cfg = ModelConfig(arch="dcgan", conditional=False, image_size=64, z_dim=100, g_channels=64, d_channels=64)
     G, D = build_generator(cfg, []), build_discriminator(cfg, [], "batch")
     # pytorch/examples: G 3,576,704 and D 2,765,568; here +3 (RGB conv bias) and
     # +65 (first D conv bias, linear head bias).

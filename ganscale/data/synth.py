@@ -133,13 +133,13 @@ def render_face(rng: random.Random, hair: int, eyes: int, size: int) -> Image.Im
     # Eyes: sclera, iris (darker rim on top), pupil, highlight, lash line.
     ey = rng.uniform(0.18, 0.28)
     ex = rng.uniform(0.40, 0.46)
-    erx, ery = 0.23, 0.28
+    erx, ery = 0.25, 0.31
     for side in (-1, 1):
         x = side * ex
         d.polygon(f.ellipse(x, ey, erx, ery), fill=(255, 255, 255))
-        d.polygon(f.ellipse(x, ey + 0.03, erx * 0.82, ery * 0.92), fill=_shade(eye_c, 0.6))
-        d.polygon(f.ellipse(x, ey + 0.06, erx * 0.7, ery * 0.78), fill=eye_c)
-        d.polygon(f.ellipse(x, ey + 0.06, erx * 0.3, ery * 0.35), fill=_shade(eye_c, 0.35))
+        d.polygon(f.ellipse(x, ey + 0.03, erx * 0.82, ery * 0.92), fill=_shade(eye_c, 0.6))  # darker rim
+        d.polygon(f.ellipse(x, ey + 0.06, erx * 0.74, ery * 0.8), fill=eye_c)
+        d.polygon(f.ellipse(x, ey + 0.06, erx * 0.28, ery * 0.32), fill=_shade(eye_c, 0.35))
         d.polygon(f.ellipse(x - side * 0.07 - 0.02, ey - 0.06, 0.075, 0.075, 0, _N), fill=(255, 255, 255))
         lash = f.ellipse(x, ey + 0.02, erx * 1.12, ery * 1.05, _N // 2 + 2, _N - 1)
         lash += f.ellipse(x, ey + 0.02, erx * 1.0, ery * 0.85, _N // 2 + 2, _N - 1)[::-1]
@@ -201,7 +201,7 @@ def write_synthetic(out: str | Path, n: int, size: int = 64, seed: int = 0, prog
     rows = []
     with progress_bar("synth", n, enabled=progress) as advance:
         for i, img, hair, eyes in iter_faces(n, size, seed):
-            img.save(out / "images" / f"{i}.png", compress_level=6)
+            img.save(out / "images" / f"{i}.png", compress_level=1)  # fast; pack re-encodes
             rows.append(f"{i},{HAIR_COLOURS[hair]} hair {EYE_COLOURS[eyes]} eyes\n")
             advance(1)
     tmp = out / "tags.csv.tmp"

@@ -23,6 +23,18 @@ MLDS_ATTRIBUTES: dict[str, list[str]] = {"hair": HAIR_COLOURS, "eyes": EYE_COLOU
 # Spellings seen in danbooru tags that mean a vocabulary word (normalised, not rejected).
 ALIASES: dict[str, str] = {"grey": "gray", "blond": "blonde", "eye": "eyes"}
 
+
+class TagError(GanscaleError):
+    """A tag text that does not name exactly one known value per attribute.
+
+    ``reason`` is one of: unknown_attribute, ambiguous_attribute, missing_attribute, unparsable_row.
+    """
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 _WORD = re.compile(r"[a-z0-9]+")
 
 
@@ -47,7 +59,7 @@ def parse_tags(text: str, attributes: dict[str, list[str]]) -> list[int]:
     q = "\"" + _short(text) + "\""
     names = list(attributes)
     if not names:
-        raise GanscaleError(f"--tags {q}: this corpus is unconditional; sample without --tags")
+        raise TagError(f"--tags {q}: this corpus is unconditional; sample without --tags", "unparsable_row")
     words = normalise_words(text)
     vocab = {a: [v.lower() for v in values] for a, values in attributes.items()}
     found: dict[str, int] = {}
@@ -59,25 +71,25 @@ def parse_tags(text: str, attributes: dict[str, list[str]]) -> list[int]:
         attr = word
         label = "colour" if attr in ("hair", "eyes") else "value"
         if not pending:
-            raise GanscaleError(f"no {attr} {label} before {attr!r} in --tags {q}; "
-                                f"valid: {', '.join(vocab[attr])}")
+            raise TagError(f"no {attr} {label} before {attr!r} in --tags {q}; "
+                                f"valid: {', '.join(vocab[attr])}", "unparsable_row")
         value = " ".join(pending)
         pending = []
         if value not in vocab[attr]:
-            raise GanscaleError(f"unknown {attr} {label} {value!r} in --tags {q}; "
-                                f"valid: {', '.join(vocab[attr])}")
+            raise TagError(f"unknown {attr} {label} {value!r} in --tags {q}; "
+                                f"valid: {', '.join(vocab[attr])}", "unknown_attribute")
         if attr in found:
-            raise GanscaleError(f"two {attr} {label}s in --tags {q}; give exactly one of: "
-                                f"{', '.join(vocab[attr])}")
+            raise TagError(f"two {attr} {label}s in --tags {q}; give exactly one of: "
+                                f"{', '.join(vocab[attr])}", "ambiguous_attribute")
         found[attr] = vocab[attr].index(value)
     if pending:
-        raise GanscaleError(f"{' '.join(pending)!r} is not followed by an attribute name in --tags "
-                            f"{q}; write e.g. {_example(attributes)!r}")
+        raise TagError(f"{' '.join(pending)!r} is not followed by an attribute name in --tags "
+                            f"{q}; write e.g. {_example(attributes)!r}", "unparsable_row")
     missing = [a for a in names if a not in found]
     if missing:
         a = missing[0]
-        raise GanscaleError(f"no {a} in --tags {q}; add one of: {', '.join(vocab[a])} "
-                            f"(e.g. {_example(attributes)!r})")
+        raise TagError(f"no {a} in --tags {q}; add one of: {', '.join(vocab[a])} "
+                            f"(e.g. {_example(attributes)!r})", "missing_attribute")
     return [found[a] for a in names]
 
 

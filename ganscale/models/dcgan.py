@@ -11,6 +11,8 @@ Each resolution step doubles/halves the width, capped at ``MAX_MULT`` x the base
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 from torch import Tensor, nn
 
 from ganscale.models.layers import LEAK, concat_one_hot, log2_int, norm2d
@@ -31,7 +33,7 @@ class DCGANGenerator(nn.Module):
             nn.BatchNorm2d(channels * mults[0]),
             nn.ReLU(inplace=True),
         ]
-        for a, b in zip(mults[:-1], mults[1:]):
+        for a, b in pairwise(mults):
             layers += [
                 nn.ConvTranspose2d(channels * a, channels * b, 4, 2, 1, bias=False),
                 nn.BatchNorm2d(channels * b),
@@ -53,7 +55,7 @@ class DCGANTrunk(nn.Module):
         n_down = log2_int(image_size, "image_size") - 2  # image_size -> 4x4
         mults = [min(2**i, MAX_MULT) for i in range(n_down)]  # e.g. 1, 2, 4, 8
         layers: list[nn.Module] = [nn.Conv2d(3, channels, 4, 2, 1), nn.LeakyReLU(LEAK, inplace=True)]
-        for a, b in zip(mults[:-1], mults[1:]):
+        for a, b in pairwise(mults):
             layers += [
                 nn.Conv2d(channels * a, channels * b, 4, 2, 1, bias=norm == "none"),
                 norm2d(channels * b, norm),

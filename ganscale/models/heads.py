@@ -15,6 +15,8 @@ Head kinds (only when D is conditional; an unconditional D has one linear advers
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 from torch import Tensor, nn
 
 from ganscale.models.layers import LEAK
@@ -30,7 +32,7 @@ def mlp_head(in_dim: int, out_dim: int, layers: int) -> nn.Module:
     hidden = min(HEAD_HIDDEN, in_dim)
     dims = [in_dim] + [hidden] * (layers - 1) + [out_dim]
     mods: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+    for i, (a, b) in enumerate(pairwise(dims)):
         if i > 0:
             mods.append(nn.LeakyReLU(LEAK, inplace=True))
         mods.append(nn.Linear(a, b))

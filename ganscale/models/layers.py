@@ -33,12 +33,15 @@ def concat_one_hot(z: Tensor, labels: Tensor | None, num_classes: list[int]) -> 
     """ACGAN conditioning: [z, one_hot(y_1), ..., one_hot(y_A)].
 
     A label of -1 (unknown) becomes an all-zero one-hot, done with tensor ops so the
-    forward has no data-dependent Python control flow.
+    forward has no data-dependent Python control flow. A float ``labels`` of shape
+    [B, sum(num_classes)] is taken as the code itself (soft labels, for interpolation).
     """
     if not num_classes:
         return z
     if labels is None:
         raise ValueError(f"this generator is conditional on {num_classes} classes; pass labels [B, A]")
+    if labels.is_floating_point():
+        return torch.cat([z, labels.to(z.dtype)], dim=1)
     parts = [z]
     for i, n in enumerate(num_classes):
         y = labels[:, i]

@@ -1,0 +1,82 @@
+"""Benchmark (not a test): images/s the corpus layer delivers on this machine.
+
+Rows: the synthetic renderer (render + PNG + write, one core), raw PIL decode of the packed
+images (the limit), and the streaming loader (decode + flip/rotate + batch to float [-1, 1])
+with 0, 1 and 2 workers. Prints a table, then one line of JSON.
+
+    .venv/bin/python benchmarks/data_throughput.py --n 4000 --size 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ganscale.config import DataConfig
+from ganscale.data.loader import build_loader
+from ganscale.data.pack import pack
+from ganscale.data.synth import write_synthetic
+
+
+def raw_decode_rate(shards: Path, repeats: int) -> float:
+    blobs = []
+    for tar in sorted(shards.glob("*.tar")):
+        with tarfile.open(tar) as tf:
+            blobs += [tf.extractfile(m).read() for m in tf.getmembers() if m.name.endswith(".png")]
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        for b in blobs:
+            with Image.open(io.BytesIO(b)) as im:
+                np.asarray(im.convert("RGB"))
+    return repeats * len(blobs) / (time.perf_counter() - t0)
+
+
+def loader_rate(shards: Path, size: int, batch: int, workers: int, epochs: int) -> float:
+    cfg = DataConfig(source="shards", path=str(shards), num_workers=workers, pin_memory=False)
+    s = build_loader(cfg, image_size=size, batch_size=batch, seed=0, rank=0, world_size=1)
+    it = iter(s)
+    next(it)  # start-up (worker spawn) is not throughput
+    n = s.batches_per_epoch * epochs
+    t0 = time.perf_counter()
+    for _ in range(n):
+        next(it)
+    return n * batch / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=4000)
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--epochs", type=int, default=2)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        t0 = time.perf_counter()
+        write_synthetic(root / "src", args.n, args.size, seed=0)
+        synth = args.n / (time.perf_counter() - t0)
+        pack(root / "src", root / "shards", size=args.size, per_shard=max(1, args.n // 16))
+        raw = raw_decode_rate(root / "shards", args.epochs)
+        rows = {"synth (1 core)": synth, "raw PIL decode": raw}
+        for w in (0, 1, 2):
+            rows[f"loader, {w} workers"] = loader_rate(root / "shards", args.size, args.batch, w, args.epochs)
+    print(f"{'what':<22}{'images/s':>10}{'x raw':>8}")
+    for name, rate in rows.items():
+        print(f"{name:<22}{rate:>10.0f}{rate / raw:>8.2f}")
+    best = max(v for k, v in rows.items() if k.startswith("loader"))
+    print(json.dumps({"size": args.size, "n": args.n, "batch": args.batch, "synth_per_s": round(synth),
+                      "raw_decode_per_s": round(raw),
+                      **{f"loader_w{w}_per_s": round(rows[f"loader, {w} workers"]) for w in (0, 1, 2)},
+                      "best_loader_over_raw": round(best / raw, 3)}))
+
+
+if __name__ == "__main__":
+    main()

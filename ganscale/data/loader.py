@@ -1,0 +1,434 @@
+"""The streaming loader: WebDataset shards -> full batches on every rank, forever, resumable.
+
+Design (why each piece is there):
+
+- Shards are split by rank (``shards[rank::world]``, as ``wds.split_by_node`` does) and then
+  by DataLoader worker (``[worker::workers]``). Each rank's share is fixed, so its sample
+  count is known from ``dataset.json`` and ``batches_per_epoch`` can be made identical on
+  every rank: ``ceil(max rank samples / batch)``. A rank with fewer samples tops its last
+  batches up from a second, differently shuffled pass over its own shards (like
+  ``DistributedSampler`` padding), so no rank waits at a collective for a batch that never
+  comes. With shards >= ranks x workers every sample is read exactly once per epoch (plus
+  that padding); with fewer, the loader says so and switches to resampled mode.
+- Shard order and the shuffle buffer are seeded from (seed, epoch, pass, rank, worker);
+  augmentation from (seed, epoch, pass, sample key): never the global torch RNG.
+- Workers decode and augment into uint8 chunks; the main process cuts full batches and
+  converts to float in [-1, 1]. Each chunk carries the raw (post-shuffle, pre-decode)
+  position of its samples, so ``state_dict()`` records exactly what was consumed per worker
+  and a resume skips that many raw samples *before decoding*.
+- A sample that fails to decode, or a shard that fails to read (truncated tar), is skipped
+  and counted (``stats()``), never fatal.
+- The stream is not a DataLoader: keep it out of ``accelerator.prepare`` (which would
+  return it unchanged anyway) and move batches to the device yourself.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from itertools import count
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from ganscale.config import DataConfig
+from ganscale.data.samples import augment, decode_image, image_bytes, labels_of, sample_meta, to_array
+from ganscale.data.sources import ShardSource, resolve
+from ganscale.data.vocab import MLDS_ATTRIBUTES, TagError, parse_tags
+from ganscale.errors import GanscaleError
+
+log = logging.getLogger("ganscale.data")
+
+
+@dataclass
+class CorpusInfo:
+    """What the trainer needs to know about a corpus."""
+
+    attributes: dict[str, list[str]]
+    """Ordered attribute vocabularies, e.g. {"hair": [...], "eyes": [...]}; {} if unconditional."""
+    num_samples: int
+    image_size: int
+    num_shards: int
+    shard_urls: list[str] = field(default_factory=list)
+    shard_sizes: list[int] = field(default_factory=list)
+    """Samples per shard (-1 where unknown)."""
+
+
+def read_corpus_info(source: str | Path | list[str], *, allow_pipe: bool = True) -> CorpusInfo:
+    """Corpus facts from ``dataset.json``; for bare shard lists, inferred from the first shard."""
+    return _info_from(resolve(source, allow_pipe=allow_pipe))
+
+
+def _info_from(src: ShardSource) -> CorpusInfo:
+    m = src.manifest
+    sizes = list(src.sizes)
+    if m is not None and src.origin and Path(src.origin).is_dir():
+        attributes = {a: list(v) for a, v in m.get("attributes", {}).items()}
+        return CorpusInfo(attributes, int(m["num_samples"]), int(m["image_size"]), len(src.urls),
+                          list(src.urls), sizes)
+    first = _peek(src.urls[0])
+    if m is not None:
+        attributes = {a: list(v) for a, v in m.get("attributes", {}).items()}
+        size = int(m.get("image_size", 0)) or first["size"]
+    else:
+        attributes, size = first["attributes"], first["size"]
+    if -1 in sizes:  # remote shards without a manifest: estimate from the first one
+        est = first["count"]
+        sizes = [s if s >= 0 else est for s in sizes]
+    return CorpusInfo(attributes, sum(sizes), size, len(src.urls), list(src.urls), sizes)
+
+
+def _peek(url: str, limit: int = 64) -> dict[str, Any]:
+    """Image size, label schema and (for remote shards) sample count from one shard."""
+    size, n, attributes = 0, 0, {}
+    for sample in wds.tarfile_samples([{"url": url}], handler=wds.warn_and_continue):
+        n += 1
+        if n > limit and size:
+            continue  # keep counting
+        try:
+            if not size:
+                size = _size_of(image_bytes(sample))
+            if not attributes:
+                attributes = _guess_attributes(sample_meta(sample))
+        except Exception:  # a bad first sample: try the next
+            continue
+    if not size:
+        raise GanscaleError(f"no readable image in shard {url}; is it a WebDataset shard?")
+    return {"size": size, "count": n, "attributes": attributes}
+
+
+def _size_of(data: bytes) -> int:
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        return im.size[0]
+
+
+def _guess_attributes(meta: dict[str, Any]) -> dict[str, list[str]]:
+    """Foreign shards: recognise MLDS hair/eye labels; otherwise unconditional."""
+    keys = set(meta) | set(meta.get("labels", {}) or {}) | set(meta.get("names", {}) or {})
+    if {"hair", "eyes"} <= keys:
+        return dict(MLDS_ATTRIBUTES)
+    if isinstance(meta.get("tags"), str):
+        try:
+            parse_tags(meta["tags"], MLDS_ATTRIBUTES)
+            return dict(MLDS_ATTRIBUTES)
+        except TagError:
+            pass
+    return {}
+
+
+# --------------------------------------------------------------------------- worker side
+
+
+@dataclass(frozen=True)
+class _PassSpec:
+    """Everything a worker needs to produce one pass of one rank's epoch (picklable)."""
+
+    urls: tuple[str, ...]
+    rank_shards: tuple[int, ...]
+    attributes: dict[str, list[str]]
+    image_size: int
+    seed: int
+    epoch: int
+    pass_: int
+    rank: int
+    resampled: bool
+    shuffle_buffer: int
+    hflip: bool
+    rotate_degrees: float
+    chunk: int
+    skips: tuple[int, ...]  # raw samples to skip, per worker
+
+
+class _PassDataset(IterableDataset):
+    def __init__(self, spec: _PassSpec) -> None:
+        self.spec = spec
+        self.read_errors = 0
+
+    def _on_read_error(self, exn: Exception) -> bool:
+        self.read_errors += 1
+        log.warning("skipping unreadable shard data: %s", " ".join(str(a) for a in exn.args[:2])[:300])
+        return True  # like wds.warn_and_continue, but counted
+
+    def _urls(self, worker: int, workers: int) -> Iterator[dict[str, str]]:
+        s = self.spec
+        rng = random.Random(f"shards:{s.seed}:{s.epoch}:{s.pass_}:{s.rank}:{worker}")
+        if s.resampled:
+            while True:
+                yield {"url": s.urls[rng.randrange(len(s.urls))]}
+        mine = list(s.rank_shards[worker::workers])
+        rng.shuffle(mine)
+        for i in mine:
+            yield {"url": s.urls[i]}
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        s = self.spec
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        skip = s.skips[worker] if worker < len(s.skips) else 0
+        samples = wds.tarfile_samples(self._urls(worker, workers), handler=self._on_read_error)
+        if s.shuffle_buffer > 0:
+            rng = random.Random(f"buffer:{s.seed}:{s.epoch}:{s.pass_}:{s.rank}:{worker}")
+            samples = wds.shuffle(s.shuffle_buffer, initial=s.shuffle_buffer, rng=rng)(samples)
+        imgs: list[np.ndarray] = []
+        labels: list[list[int]] = []
+        keys: list[str] = []
+        raws: list[int] = []
+        corrupt, reported_errors = 0, 0
+
+        def chunk() -> dict[str, Any]:
+            nonlocal corrupt, reported_errors
+            out = {
+                "images": torch.from_numpy(np.stack(imgs)) if imgs else
+                torch.empty(0, s.image_size, s.image_size, 3, dtype=torch.uint8),
+                "labels": torch.tensor(labels, dtype=torch.int64).reshape(len(labels), len(s.attributes)),
+                "keys": list(keys), "raw": list(raws), "worker": worker,
+                "corrupt": corrupt, "read_errors": self.read_errors - reported_errors,
+            }
+            imgs.clear(), labels.clear(), keys.clear(), raws.clear()
+            corrupt, reported_errors = 0, self.read_errors
+            return out
+
+        for raw, sample in enumerate(samples):
+            if raw < skip:
+                continue  # fast-forward: before decoding
+            key = f"{sample.get('__url__', '')}#{sample.get('__key__', '')}"
+            try:
+                img = decode_image(image_bytes(sample), s.image_size)
+                lab = labels_of(sample, sample_meta(sample), s.attributes)
+            except Exception as e:  # any decode failure is a corrupt sample: skip, count
+                corrupt += 1
+                log.warning("skipping corrupt sample %s: %s", key, f"{type(e).__name__}: {e}"[:200])
+                continue
+            rng = random.Random(f"aug:{s.seed}:{s.epoch}:{s.pass_}:{key}")
+            imgs.append(to_array(augment(img, rng, s.hflip, s.rotate_degrees)))
+            labels.append(lab)
+            keys.append(key)
+            raws.append(raw)
+            if len(imgs) >= s.chunk:
+                yield chunk()
+        yield chunk()  # the tail (possibly empty: it still reports the counters)
+
+
+# --------------------------------------------------------------------------- main side
+
+
+class ShardStream:
+    """An infinite, resumable stream of ``(images, labels)`` batches for one rank.
+
+    ``images``: float32 [B, 3, S, S] in [-1, 1]; ``labels``: int64 [B, len(info.attributes)]
+    (-1 = unknown). Every rank yields ``batches_per_epoch`` batches per epoch.
+    """
+
+    def __init__(self, info: CorpusInfo, *, batch_size: int, image_size: int, seed: int, rank: int,
+                 world_size: int, num_workers: int = 0, shuffle_buffer: int = 1000, hflip: bool = True,
+                 rotate_degrees: float = 0.0, resampled: bool = False, pin_memory: bool = False) -> None:
+        if batch_size < 1:
+            raise GanscaleError(f"batch size {batch_size}: must be >= 1")
+        if not 0 <= rank < world_size:
+            raise GanscaleError(f"rank {rank} is not in [0, world size {world_size})")
+        if info.num_shards < 1:
+            raise GanscaleError("the corpus has no shards")
+        self.info = info
+        self.batch_size, self.image_size, self.seed = batch_size, image_size, seed
+        self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
+        self.shuffle_buffer, self.hflip, self.rotate_degrees = shuffle_buffer, hflip, rotate_degrees
+        self.pin_memory = pin_memory and torch.cuda.is_available()
+        self.notice = ""
+        readers = world_size * max(1, num_workers)
+        if not resampled and info.num_shards < readers:
+            self.notice = (f"{info.num_shards} shards < {world_size} ranks x {max(1, num_workers)} workers: "
+                           "streaming in resampled mode (shards drawn with replacement; an epoch is "
+                           "nominal). Pack with a smaller --per-shard for exact epochs.")
+            if rank == 0:
+                log.warning(self.notice)
+            resampled = True
+        self.resampled = resampled
+        self.rank_shards = tuple(range(rank, info.num_shards, world_size))
+        sizes = [max(0, s) for s in info.shard_sizes] or [0] * info.num_shards
+        if resampled:
+            per_rank = math.ceil(info.num_samples / world_size)
+        else:
+            per_rank = max(sum(sizes[r::world_size]) for r in range(world_size))
+        self.rank_samples = sum(sizes[rank::world_size]) if not resampled else per_rank
+        self.batches_per_epoch = max(1, math.ceil(per_rank / batch_size))
+        self._workers_eff = max(1, num_workers)
+        self._stats = {"corrupt_skipped": 0, "read_errors": 0, "samples": 0, "padding_passes": 0}
+        self._pos: dict[str, Any] = self._fresh(0)
+        self._resume: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------------ state
+    def _fresh(self, epoch: int) -> dict[str, Any]:
+        return {"epoch": epoch, "batch": 0, "pass": 0, "raw": [0] * self._workers_eff}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Position of the next batch (JSON-serialisable); save one per rank for exactness."""
+        return {**json.loads(json.dumps(self._pos)), "rank": self.rank, "world_size": self.world_size,
+                "num_workers": self.num_workers, "batch_size": self.batch_size, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from ``state`` on the next ``iter()``.
+
+        Exact (bit-identical with num_workers=0) when rank, world size, workers and batch size
+        match; otherwise the position is rebuilt from ``epoch`` and ``batch`` (best effort).
+        """
+        try:
+            epoch, batch = int(state["epoch"]), int(state["batch"])
+        except (KeyError, TypeError, ValueError):
+            raise GanscaleError(f"data state {state!r} has no integer epoch/batch; "
+                                "the checkpoint's data position is damaged") from None
+        if epoch < 0 or not 0 <= batch <= self.batches_per_epoch:
+            raise GanscaleError(f"data state epoch {epoch} batch {batch} is out of range "
+                                f"(batches per epoch {self.batches_per_epoch})")
+        same = all(state.get(k) == v for k, v in (("rank", self.rank), ("world_size", self.world_size),
+                                                   ("num_workers", self.num_workers),
+                                                   ("batch_size", self.batch_size)))
+        raw = state.get("raw")
+        if same and isinstance(raw, list) and len(raw) == self._workers_eff:
+            pos = {"epoch": epoch, "batch": batch, "pass": int(state.get("pass", 0)), "raw": [int(r) for r in raw]}
+        else:  # approximate: spread the consumed samples over this layout's workers
+            done = batch * self.batch_size
+            p = 0
+            if not self.resampled and self.rank_samples > 0:
+                p, done = divmod(done, self.rank_samples)
+            pos = {"epoch": epoch, "batch": batch, "pass": p,
+                   "raw": [done // self._workers_eff] * self._workers_eff}
+        if batch == self.batches_per_epoch:
+            pos = self._fresh(epoch + 1)
+        self._pos = pos
+        self._resume = pos
+
+    def stats(self) -> dict[str, int]:
+        """Counters of this process (workers report theirs with each chunk)."""
+        return dict(self._stats)
+
+    # ------------------------------------------------------------------ iteration
+    def _spec(self, epoch: int, pass_: int, skips: list[int]) -> _PassSpec:
+        return _PassSpec(tuple(self.info.shard_urls), self.rank_shards, self.info.attributes, self.image_size,
+                         self.seed, epoch, pass_, self.rank, self.resampled, self.shuffle_buffer, self.hflip,
+                         self.rotate_degrees, min(self.batch_size, 64), tuple(skips))
+
+    def _chunks(self, epoch: int, pass_: int, skips: list[int]) -> Iterator[dict[str, Any]]:
+        ds = _PassDataset(self._spec(epoch, pass_, skips))
+        if self.num_workers == 0:
+            yield from ds
+            return
+        loader = DataLoader(ds, batch_size=None, num_workers=self.num_workers, prefetch_factor=4,
+                            persistent_workers=False)
+        it = iter(loader)
+        try:
+            yield from it
+        finally:
+            del it  # shuts the workers down when the epoch ends early
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for images, labels, _keys in self.iter_with_keys():
+            yield images, labels
+
+    def iter_with_keys(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
+        """Like ``iter()``, with each sample's ``<shard url>#<key>`` (for tests and inspection)."""
+        pos = self._resume or self._fresh(0)
+        self._resume = None
+        epoch = pos["epoch"]
+        while True:
+            yield from self._epoch(epoch, pos)
+            epoch += 1
+            pos = self._fresh(epoch)
+
+    def _epoch(self, epoch: int, start: dict[str, Any]) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
+        B = self.batch_size
+        batch, pass_ = start["batch"], start["pass"]
+        # Pending samples: [pass, chunk, offset]; consumed raw positions per (pass, worker).
+        pending: list[list[Any]] = []
+        consumed: dict[int, list[int]] = {pass_: list(start["raw"])}
+        self._pos = {"epoch": epoch, "batch": batch, "pass": pass_, "raw": list(start["raw"])}
+        skips = list(start["raw"])
+        while batch < self.batches_per_epoch:
+            got = 0
+            consumed.setdefault(pass_, [0] * self._workers_eff)
+            if pass_ > 0 and skips == [0] * self._workers_eff:
+                self._stats["padding_passes"] += 1
+            chunks = self._chunks(epoch, pass_, skips)
+            try:
+                for ch in chunks:
+                    self._stats["corrupt_skipped"] += ch["corrupt"]
+                    self._stats["read_errors"] += ch["read_errors"]
+                    n = len(ch["keys"])
+                    if n == 0:
+                        continue
+                    got += n
+                    pending.append([pass_, ch, 0])
+                    while sum(len(c["keys"]) - o for _, c, o in pending) >= B:
+                        images, labels, keys = self._take(pending, consumed, B)
+                        batch += 1
+                        self._stats["samples"] += B
+                        if batch == self.batches_per_epoch:
+                            self._pos = self._fresh(epoch + 1)
+                        else:
+                            first = pending[0][0] if pending else pass_
+                            self._pos = {"epoch": epoch, "batch": batch, "pass": first,
+                                         "raw": list(consumed.get(first, [0] * self._workers_eff))}
+                        yield images, labels, keys
+                        if batch == self.batches_per_epoch:
+                            return
+            finally:
+                chunks.close()
+            if got == 0 and not any(len(c["keys"]) > o for _, c, o in pending):
+                raise GanscaleError(f"no readable samples on rank {self.rank} in {len(self.rank_shards)} shards "
+                                    f"(first {self.info.shard_urls[self.rank_shards[0]]}); "
+                                    f"stats {self.stats()}")
+            pass_ += 1
+            skips = [0] * self._workers_eff
+
+    def _take(self, pending: list[list[Any]], consumed: dict[int, list[int]], n: int):
+        parts_img, parts_lab, keys = [], [], []
+        while n > 0:
+            p, ch, off = pending[0]
+            k = min(n, len(ch["keys"]) - off)
+            parts_img.append(ch["images"][off:off + k])
+            parts_lab.append(ch["labels"][off:off + k])
+            keys += ch["keys"][off:off + k]
+            consumed.setdefault(p, [0] * self._workers_eff)[ch["worker"]] = ch["raw"][off + k - 1] + 1
+            n -= k
+            if off + k == len(ch["keys"]):
+                pending.pop(0)
+            else:
+                pending[0][2] = off + k
+        u8 = torch.cat(parts_img) if len(parts_img) > 1 else parts_img[0]
+        images = u8.permute(0, 3, 1, 2).to(torch.float32, memory_format=torch.contiguous_format)
+        images.div_(127.5).sub_(1.0)
+        labels = torch.cat(parts_lab) if len(parts_lab) > 1 else parts_lab[0].clone()
+        if self.pin_memory:
+            images, labels = images.pin_memory(), labels.pin_memory()
+        return images, labels, keys
+
+
+def resolve_source(cfg: DataConfig, image_size: int) -> str | list[str]:
+    """data.source -> a shard folder / pattern / URL list."""
+    if cfg.source == "synthetic":
+        from ganscale.data.corpus import ensure_synthetic_corpus
+
+        return str(ensure_synthetic_corpus(cfg.cache_dir, cfg.synthetic_n, image_size, cfg.synthetic_seed))
+    return cfg.path
+
+
+def build_loader(cfg: DataConfig, *, image_size: int, batch_size: int, seed: int, rank: int,
+                 world_size: int) -> ShardStream:
+    """The stream for this rank. Checks the source now (missing shard, pipe:, backend)."""
+    src = resolve(resolve_source(cfg, image_size), allow_pipe=cfg.allow_pipe)
+    info = _info_from(src)
+    return ShardStream(info, batch_size=batch_size, image_size=image_size, seed=seed, rank=rank,
+                       world_size=world_size, num_workers=cfg.num_workers, shuffle_buffer=cfg.shuffle_buffer,
+                       hflip=cfg.hflip, rotate_degrees=cfg.rotate_degrees, resampled=cfg.resampled,
+                       pin_memory=cfg.pin_memory)

@@ -1,0 +1,185 @@
+"""Where shards come from: a packed folder, a brace pattern or a list of URLs -> checked URLs.
+
+Checks happen here, at loader build time, so a bad path fails before training starts:
+a missing local shard is a one-line error naming it; ``pipe:`` URLs (they run a shell
+command) need ``data.allow_pipe``; fsspec URLs (s3://, gs://, https://, ...) need their backend.
+"""
+
+from __future__ import annotations
+
+import functools
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+import braceexpand
+import webdataset as wds
+
+from ganscale.data.pack import MANIFEST, read_manifest
+from ganscale.errors import GanscaleError
+
+
+@dataclass
+class ShardSource:
+    """Resolved shard URLs, their sample counts (-1 = unknown) and the manifest if there is one."""
+
+    urls: list[str]
+    sizes: list[int]
+    manifest: dict | None = None
+    origin: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+def _split_list(text: str) -> list[str]:
+    """Split on commas outside braces: 'a-{0..3}.tar,b.tar' -> ['a-{0..3}.tar', 'b.tar']."""
+    parts, depth, cur = [], 0, ""
+    for ch in text:
+        depth += ch == "{"
+        depth -= ch == "}"
+        if ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    parts.append(cur)
+    return [p.strip() for p in parts if p.strip()]
+
+
+def scheme_of(url: str) -> str:
+    if url.startswith("pipe:"):
+        return "pipe"
+    s = urlparse(url).scheme
+    return "" if len(s) <= 1 else s  # "C:\\..." is a drive letter, not a scheme
+
+
+def local_path(url: str) -> Path | None:
+    s = scheme_of(url)
+    if s == "":
+        return Path(url)
+    if s == "file":
+        return Path(urlparse(url).path)
+    return None
+
+
+def resolve(source: str | Path | list[str], *, allow_pipe: bool = True) -> ShardSource:
+    """Turn a folder / brace pattern / URL list into checked shard URLs."""
+    items = [str(s) for s in source] if isinstance(source, (list, tuple)) else _split_list(str(source))
+    if not items:
+        raise GanscaleError("data.path is empty; set it to a folder with dataset.json, a brace pattern or URLs")
+    if len(items) == 1:
+        p = local_path(items[0])
+        if p is not None and p.is_dir():
+            return _from_folder(p)
+    urls: list[str] = []
+    for item in items:
+        expanded = list(braceexpand.braceexpand(item))
+        urls += expanded
+    for u in urls:
+        _check_url(u, allow_pipe)
+    sizes = _sizes_from_manifests(urls)
+    return ShardSource(urls, sizes, _manifest_beside(urls), origin=",".join(items))
+
+
+def _from_folder(folder: Path) -> ShardSource:
+    if (folder / MANIFEST).is_file():
+        m = read_manifest(folder)
+        urls, sizes = [], []
+        for s in m["shards"]:
+            url = str(s["url"])
+            urls.append(url if scheme_of(url) else str(folder / url))
+            sizes.append(int(s.get("num_samples", -1)))
+        for u in urls:
+            _check_url(u, allow_pipe=False)
+        return ShardSource(urls, sizes, m, origin=str(folder))
+    tars = sorted(str(p) for p in folder.glob("*.tar"))
+    if not tars:
+        raise GanscaleError(f"{folder} has neither {MANIFEST} nor *.tar shards; "
+                            f"run `ganscale data pack SRC {folder}` first")
+    return ShardSource(tars, [count_local(t) for t in tars], None, origin=str(folder))
+
+
+def _check_url(url: str, allow_pipe: bool) -> None:
+    s = scheme_of(url)
+    if s == "pipe":
+        if not allow_pipe:
+            raise GanscaleError(f"shard URL {url!r} is a pipe: (it runs a shell command); "
+                                "set data.allow_pipe: true (--set data.allow_pipe=true) if you trust it")
+        return
+    p = local_path(url)
+    if p is not None:
+        if not p.is_file():
+            raise GanscaleError(f"shard {p} not found; check data.path (did `ganscale data pack` finish?)")
+        return
+    _register_fsspec(s, url)
+
+
+@functools.cache
+def _register_fsspec(scheme: str, example: str) -> None:
+    """Open ``scheme://`` URLs with fsspec when it and the scheme's backend are installed."""
+    try:
+        import fsspec
+    except ImportError:
+        fsspec = None
+    if fsspec is not None:
+        try:
+            fsspec.get_filesystem_class(scheme)
+        except ImportError as e:
+            raise GanscaleError(f"shard URL {example!r} needs an fsspec backend for {scheme}:// "
+                                f"that is not installed ({e})") from None
+        except ValueError:
+            pass  # fsspec does not know it; webdataset may (curl, gsutil, ais ...)
+        else:
+            def gopen_fsspec(url: str, mode: str = "rb", bufsize: int = 8192, **kw: object):
+                return fsspec.open(url, mode).open()
+
+            wds.gopen.gopen_schemes[scheme] = gopen_fsspec
+            return
+    if scheme not in wds.gopen.gopen_schemes:
+        raise GanscaleError(f"shard URL {example!r}: no reader for {scheme}:// (install fsspec and its backend)")
+
+
+def count_local(path: str | Path) -> int:
+    """Samples in a local tar (distinct keys), reading headers only; -1 if unreadable."""
+    keys = set()
+    try:
+        with tarfile.open(path, "r:*") as tf:
+            for m in tf:
+                if m.isreg() and not m.name.startswith("__"):
+                    name = m.name
+                    d, _, base = name.rpartition("/")
+                    keys.add(f"{d}/{base.split('.', 1)[0]}")
+    except (OSError, tarfile.TarError, EOFError):
+        return len(keys) if keys else -1
+    return len(keys)
+
+
+def _manifest_beside(urls: list[str]) -> dict | None:
+    paths = [local_path(u) for u in urls]
+    if urls and all(p is not None for p in paths):
+        folders = {p.parent for p in paths if p is not None}
+        if len(folders) == 1:
+            folder = folders.pop()
+            if (folder / MANIFEST).is_file():
+                try:
+                    return read_manifest(folder)
+                except GanscaleError:
+                    return None
+    return None
+
+
+def _sizes_from_manifests(urls: list[str]) -> list[int]:
+    m = _manifest_beside(urls)
+    known = {}
+    if m is not None:
+        known = {Path(str(s["url"])).name: int(s.get("num_samples", -1)) for s in m["shards"]}
+    sizes = []
+    for u in urls:
+        p = local_path(u)
+        if p is not None and p.name in known:
+            sizes.append(known[p.name])
+        elif p is not None:
+            sizes.append(count_local(p))
+        else:
+            sizes.append(-1)
+    return sizes

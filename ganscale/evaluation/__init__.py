@@ -1,0 +1,10 @@
+"""Evaluation: an attribute classifier per corpus, and the metrics read through it.
+
+- :mod:`ganscale.evaluation.classifier`: the small CNN that predicts every attribute,
+  trained on a split of the corpus and stored beside it (``classifier.safetensors`` + JSON).
+- :mod:`ganscale.evaluation.features`: image batches -> feature vectors (the classifier's
+  penultimate layer, always; InceptionV3 when a local TorchScript file is given).
+- :mod:`ganscale.evaluation.fid`: FID, KID (unbiased) and precision/recall on features.
+- :mod:`ganscale.evaluation.evaluate`: ``ganscale eval RUN`` -> ``eval.json``.
+- :mod:`ganscale.evaluation.during_training`: the same metrics every N steps, across ranks.
+"""

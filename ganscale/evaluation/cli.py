@@ -1,0 +1,102 @@
+"""`ganscale classifier train CORPUS` and `ganscale eval RUN`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ganscale.evaluation.classifier import DEFAULT_EPOCHS, DEFAULT_MAX_IMAGES, DEFAULT_SIZE
+
+classifier_app = typer.Typer(no_args_is_help=True)
+
+
+@classifier_app.command("train")
+def classifier_train(
+    corpus: Annotated[
+        Path, typer.Argument(help="Corpus folder (with dataset.json), e.g. from `ganscale data pack`.")
+    ],
+    size: Annotated[
+        int, typer.Option("--size", help="Classifier input size in px (a power of two).")
+    ] = DEFAULT_SIZE,
+    epochs: Annotated[int, typer.Option("--epochs", help="Passes over the train split.")] = DEFAULT_EPOCHS,
+    max_images: Annotated[
+        int,
+        typer.Option("--max-images", help="Train on at most this many images (a fixed hash-chosen subset)."),
+    ] = DEFAULT_MAX_IMAGES,
+    seed: Annotated[int, typer.Option("--seed", help="Weights and batch order.")] = 0,
+    device: Annotated[
+        Optional[str],  # noqa: UP045 - typer needs Optional here
+        typer.Option("--device", help="cpu or cuda (default: cuda if present)."),
+    ] = None,
+) -> None:
+    """Train the attribute classifier on 80% of CORPUS, report held-out accuracy, store it in CORPUS."""
+    from ganscale.evaluation.classifier import train_classifier
+    from ganscale.evaluation.evaluate import pick_device
+
+    clf = train_classifier(
+        corpus,
+        size=size,
+        epochs=epochs,
+        max_images=max_images,
+        seed=seed,
+        device=pick_device(device),
+        log=typer.echo,
+    )
+    acc = clf.meta["held_out_accuracy"]
+    typer.echo(
+        "held-out accuracy (the ceiling for generated images): "
+        + ", ".join(f"{k} {v:.1%}" for k, v in acc.items())
+    )
+    for s, a in clf.meta["held_out_accuracy_by_size"].items():
+        typer.echo(f"  at {s} px: " + ", ".join(f"{k} {v:.1%}" for k, v in a.items()))
+
+
+def eval_command(
+    run: Annotated[
+        Path, typer.Argument(help="Run folder (its best, else final, EMA generator) or a generator file.")
+    ],
+    n: Annotated[int, typer.Option("--n", help="Generated images (and real images per half).")] = 10000,
+    out: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            "--out", help="Where to write the JSON (default RUN/eval.json); confusion PNGs go beside it."
+        ),
+    ] = None,
+    corpus: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--corpus", help="Corpus folder (default: the one in RUN/config.yaml)."),
+    ] = None,
+    inception: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--inception",
+            help="Local InceptionV3 TorchScript file (else eval.inception or "
+            "$GANSCALE_INCEPTION); never downloaded.",
+        ),
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of z and of the drawn conditions.")] = 0,
+    device: Annotated[
+        Optional[str],  # noqa: UP045 - typer needs Optional here
+        typer.Option("--device", help="cpu or cuda (default: cuda if present)."),
+    ] = None,
+) -> None:
+    """Attribute accuracy, FID/KID and precision/recall of a run's EMA generator, with real-vs-real floors."""
+    from ganscale.evaluation.evaluate import evaluate_run, summary
+
+    target = out
+    result = evaluate_run(
+        run, n=n, out=target, device=device, corpus=corpus, inception=inception, seed=seed, log=typer.echo
+    )
+    typer.echo(summary(result))
+    written = target if target is not None else (run if run.is_dir() else run.parent) / "eval.json"
+    typer.echo(f"wrote {written}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `classifier` group and the `eval` command to the ganscale app."""
+    app.add_typer(
+        classifier_app, name="classifier", help="The attribute classifier that judges generated images."
+    )
+    app.command("eval")(eval_command)

@@ -1,0 +1,158 @@
+"""The eval metrics every ``eval.every`` steps of training, computed across all ranks.
+
+Each rank generates its share of the ``eval.n`` images (image i goes to rank i % world), runs
+the classifier (and Inception, when local weights are given) on them, and the features are
+all-gathered to rank 0, which scores them against the cached real features; the result is
+shared back so every rank returns the same numbers. The z vectors and conditions are drawn
+from a fixed seed, so successive evaluations (and runs on any number of ranks) judge the
+same requests: the curve moves only because G does.
+
+The trainer's side (the lead wires it; see the report)::
+
+    self.evaluator = TrainingEvaluator(cfg, self.attributes, corpus_folder(...), rt.device,
+                                       rt.rank, rt.world_size) if cfg.eval.every else None
+    ...
+    if self.evaluator and step % cfg.eval.every == 0:
+        m = self.evaluator.evaluate(self.ema.shadow, step, rt)
+        self.metrics.write({"step": step, **m}); self.tracker.log(m, step=step)
+        if cfg.eval.keep_best and self.evaluator.is_better(m, step) and rt.is_main:
+            export_generator(self.ema.shadow, self.meta, self.run_dir / "best")
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ganscale.errors import GanscaleError
+from ganscale.evaluation.classifier import ensure_classifier
+from ganscale.evaluation.config import METRIC_DIRECTIONS, eval_config_of
+from ganscale.evaluation.evaluate import draw_conditions, real_reference, score
+from ganscale.evaluation.features import load_inception
+
+PREFIX = "eval/"
+EVAL_SEED = 12345  # z and conditions of the training-time evaluation set (fixed for the run)
+
+
+def _quiet(*_: Any, **__: Any) -> None:
+    pass
+
+
+class TrainingEvaluator:
+    """``evaluate(G_ema, step, rt) -> {"eval/<metric>": float}`` on every rank; ``is_better``
+    tracks the best value of ``eval.metric`` (state saved with checkpoints via state_dict)."""
+
+    def __init__(
+        self,
+        cfg: Any,
+        attributes: dict[str, list[str]],
+        corpus_folder: str | Path,
+        device: str | torch.device,
+        rank: int = 0,
+        world_size: int = 1,
+        log: Any = print,
+    ) -> None:
+        ecfg = eval_config_of(cfg)
+        self.n, self.metric = int(ecfg.n), str(ecfg.metric)
+        self.direction = METRIC_DIRECTIONS[self.metric]
+        self.attributes = {k: list(v) for k, v in attributes.items()}
+        self.folder, self.device = Path(corpus_folder), torch.device(device)
+        self.rank, self.world_size = rank, world_size
+        self.image_size = int(cfg.model.image_size)
+        self.z_dim, self.z_sigma = int(cfg.model.z_dim), float(cfg.model.z_sigma)
+        self.log = log if rank == 0 else _quiet
+        self.clf = ensure_classifier(self.folder, self.device, log=self.log)
+        self.inception, message = load_inception(ecfg.inception or None, self.device)
+        if self.inception is None:
+            if self.metric.endswith("_inception"):
+                raise GanscaleError(f"eval.metric={self.metric} needs Inception weights. {message}")
+            self.log(message)
+        if self.metric == "acc_joint" and not self.attributes:
+            raise GanscaleError("eval.metric=acc_joint needs a conditional generator; use fid_classifier")
+        self.ref = None
+        self._labels: torch.Tensor | None = None
+        self._prepared = False
+        self.best: float | None = None
+        self.best_step: int | None = None
+
+    # ------------------------------------------------------------------ the evaluation
+    def _prepare(self, rt: Any) -> None:
+        """Real features on rank 0 (cached per corpus), and the conditions shared with all ranks."""
+        labels = None
+        if self.rank == 0:
+            self.ref = real_reference(
+                self.folder, self.clf, self.image_size, self.n, self.inception, log=self.log
+            )
+            if self.attributes:
+                nc = [len(v) for v in self.attributes.values()]
+                labels = draw_conditions(self.ref.labels, self.n, nc, EVAL_SEED).numpy()
+        labels = rt.all_gather_object(labels)[0]
+        self._labels = torch.from_numpy(labels) if labels is not None else None
+        self._prepared = True
+
+    @torch.no_grad()
+    def _my_share(self, G: nn.Module) -> tuple[np.ndarray, ...]:
+        gen = torch.Generator().manual_seed(EVAL_SEED)
+        z_all = torch.randn(self.n, self.z_dim, generator=gen) * self.z_sigma
+        idx = torch.arange(self.rank, self.n, self.world_size)
+        was_training = G.training
+        G.eval()
+        feats, preds, incep = [], [], []
+        try:
+            for chunk in idx.split(250):
+                y = self._labels[chunk].to(self.device) if self._labels is not None else None
+                x = G(z_all[chunk].to(self.device), y).float().clamp(-1, 1)
+                f, p = self.clf.run(x)
+                feats.append(f)
+                preds.append(p)
+                if self.inception is not None:
+                    incep.append(self.inception(x))
+        finally:
+            G.train(was_training)
+        cat = lambda xs: torch.cat(xs).numpy() if xs else None  # noqa: E731
+        return idx.numpy(), cat(feats), cat(preds), cat(incep)
+
+    def evaluate(self, G: nn.Module, step: int, rt: Any) -> dict[str, float]:
+        """The metrics of G now (call on every rank; ``rt`` gives ``all_gather_object``)."""
+        t0 = time.perf_counter()
+        if not self._prepared:
+            self._prepare(rt)
+        parts = rt.all_gather_object(self._my_share(G))
+        result = None
+        if self.rank == 0:
+            order = np.argsort(np.concatenate([p[0] for p in parts]))
+            feats = torch.from_numpy(np.concatenate([p[1] for p in parts])[order])
+            preds = torch.from_numpy(np.concatenate([p[2] for p in parts])[order])
+            incep = (
+                torch.from_numpy(np.concatenate([p[3] for p in parts])[order])
+                if self.inception is not None
+                else None
+            )
+            metrics = score(feats, preds, self._labels, self.ref, self.attributes, incep)
+            result = {PREFIX + k: float(v) for k, v in metrics.items() if not k.endswith("_std")}
+            result[PREFIX + "seconds"] = round(time.perf_counter() - t0, 2)
+        return rt.all_gather_object(result)[0]
+
+    # ------------------------------------------------------------------ best checkpoint
+    def is_better(self, metrics: dict[str, float], step: int | None = None) -> bool:
+        """True (and remembered) when ``eval.metric`` improved on the best value so far."""
+        value = metrics.get(PREFIX + self.metric, metrics.get(self.metric))
+        if value is None or not math.isfinite(value):
+            return False
+        if self.best is not None and (value >= self.best if self.direction == "min" else value <= self.best):
+            return False
+        self.best, self.best_step = float(value), step
+        return True
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"metric": self.metric, "best": self.best, "best_step": self.best_step}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("metric") == self.metric:  # a changed eval.metric starts a fresh best
+            self.best, self.best_step = state.get("best"), state.get("best_step")

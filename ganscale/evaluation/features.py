@@ -1,0 +1,101 @@
+"""Image batches -> feature vectors: the attribute classifier's, and InceptionV3's when local.
+
+Inception weights are never downloaded. They are used only when a local TorchScript file is
+named by ``eval.inception`` in the config, ``--inception PATH`` or the ``GANSCALE_INCEPTION``
+environment variable. Two conventions are understood:
+
+- the TorchScript detector of stylegan2-ada-pytorch / clean-fid (``inception-2015-12-05.pt``):
+  called as ``m(images_uint8_range, return_features=True)`` -> [N, 2048] pool features; it
+  resizes to 299 px itself;
+- any other TorchScript module that maps float images in [-1, 1] at 299 x 299 to [N, D]
+  features (e.g. a traced pytorch-fid ``InceptionV3([3])`` with its output flattened).
+
+Without a file, :func:`inception_unavailable_message` is the one line to show.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ganscale.errors import GanscaleError
+
+INCEPTION_ENV = "GANSCALE_INCEPTION"
+INCEPTION_SIZE = 299
+
+
+def inception_unavailable_message() -> str:
+    return (
+        f"Inception FID/KID skipped: no local InceptionV3 weights; set {INCEPTION_ENV}=/path/to/"
+        f"inception-2015-12-05.pt (TorchScript, as used by stylegan2-ada-pytorch) or eval.inception "
+        f"in the config (nothing is downloaded)"
+    )
+
+
+def inception_path(configured: str | Path | None = None) -> Path | None:
+    """The local Inception file to use: the configured path, else $GANSCALE_INCEPTION, else None.
+
+    A path that is given but missing is an error (a typo should not silently skip a metric).
+    """
+    raw = str(configured) if configured else os.environ.get(INCEPTION_ENV, "")
+    if not raw:
+        return None
+    path = Path(raw).expanduser()
+    if not path.is_file():
+        source = "eval.inception" if configured else INCEPTION_ENV
+        raise GanscaleError(
+            f"{source}={raw}: file not found; point it at a local InceptionV3 TorchScript file or unset it"
+        )
+    return path
+
+
+class InceptionFeatures:
+    """A loaded TorchScript Inception; ``__call__(images in [-1, 1]) -> [N, D] float32 cpu``."""
+
+    def __init__(self, path: Path, device: str | torch.device = "cpu") -> None:
+        self.path = Path(path)
+        self.device = torch.device(device)
+        try:
+            self.module: nn.Module = torch.jit.load(str(self.path), map_location=self.device).eval()
+        except (RuntimeError, ValueError, OSError) as e:
+            raise GanscaleError(
+                f"{self.path}: not a loadable TorchScript Inception ({e}); see `ganscale eval --help`"
+            ) from None
+        self._style: str | None = None
+
+    def _call(self, x: Tensor) -> Tensor:
+        if self._style in (None, "stylegan"):
+            try:
+                out = self.module(x.add(1).mul(127.5).clamp(0, 255), return_features=True)
+                self._style = "stylegan"
+                return out
+            except (RuntimeError, TypeError):
+                if self._style == "stylegan":
+                    raise
+                self._style = "plain"
+        resized = F.interpolate(
+            x, size=(INCEPTION_SIZE, INCEPTION_SIZE), mode="bilinear", align_corners=False
+        )
+        return self.module(resized)
+
+    @torch.no_grad()
+    def __call__(self, images: Tensor, batch_size: int = 64) -> Tensor:
+        out = []
+        for i in range(0, len(images), batch_size):
+            f = self._call(images[i : i + batch_size].to(self.device).float())
+            out.append(f.reshape(f.shape[0], -1).float().cpu())
+        return torch.cat(out)
+
+
+def load_inception(
+    configured: str | Path | None = None, device: str | torch.device = "cpu"
+) -> tuple[InceptionFeatures | None, str]:
+    """(extractor, "") when a local file is given; (None, the one-line message) otherwise."""
+    path = inception_path(configured)
+    if path is None:
+        return None, inception_unavailable_message()
+    return InceptionFeatures(path, device), ""

@@ -1,0 +1,21 @@
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+@pytest.fixture(scope="session")
+def corpus_cache(tmp_path_factory) -> Path:
+    """One cache folder for the built-in synthetic corpus, shared by every test of the session."""
+    return tmp_path_factory.mktemp("ganscale-cache")
+
+
+@pytest.fixture
+def tiny_overrides(corpus_cache) -> list[str]:
+    return [f"data.cache_dir={corpus_cache}"]

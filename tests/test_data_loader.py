@@ -1,0 +1,248 @@
+"""The streaming loader: exact epochs, seeded order, resume, bad data, interop, errors."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import webdataset as wds
+from PIL import Image
+
+from ganscale.config import DataConfig
+from ganscale.data.loader import ShardStream, build_loader, read_corpus_info
+from ganscale.data.pack import pack
+from ganscale.data.synth import write_synthetic
+from ganscale.data.vocab import EYE_COLOURS, HAIR_COLOURS
+from ganscale.errors import GanscaleError
+
+N, SHARDS, B, S = 64, 8, 16, 16
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("corpus")
+    write_synthetic(root / "src", N, size=S, seed=3)
+    pack(root / "src", root / "shards", size=S, per_shard=N // SHARDS)
+    return root / "shards"
+
+
+def _truth(corpus: Path) -> dict[str, list[int]]:
+    rows = (corpus.parent / "src" / "tags.csv").read_text().splitlines()
+    out = {}
+    for r in rows:
+        rid, tags = r.split(",")
+        w = tags.split()
+        out[rid] = [HAIR_COLOURS.index(w[0]), EYE_COLOURS.index(w[2])]
+    return out
+
+
+def cfg(path, **kw) -> DataConfig:
+    base = dict(source="shards", path=str(path), num_workers=0, shuffle_buffer=32, rotate_degrees=8.0,
+                pin_memory=False)
+    base.update(kw)
+    return DataConfig(**base)
+
+
+def stream(path, rank=0, world=1, seed=0, batch=B, size=S, **kw) -> ShardStream:
+    return build_loader(cfg(path, **kw), image_size=size, batch_size=batch, seed=seed, rank=rank, world_size=world)
+
+
+def take(s: ShardStream, n: int):
+    it = s.iter_with_keys()
+    return [next(it) for _ in range(n)]
+
+
+def keys_of(batches):
+    return [k.rsplit("#", 1)[1] for _, _, ks in batches for k in ks]
+
+
+def test_one_epoch_exact_labels_and_range(corpus):
+    s = stream(corpus)
+    assert s.info.num_samples == N and s.info.num_shards == SHARDS and s.info.image_size == S
+    assert list(s.info.attributes) == ["hair", "eyes"]
+    assert s.batches_per_epoch == N // B
+    batches = take(s, s.batches_per_epoch)
+    keys = keys_of(batches)
+    assert sorted(keys) == sorted(str(i) for i in range(N))  # each sample exactly once
+    truth = _truth(corpus)
+    for images, labels, ks in batches:
+        assert images.shape == (B, 3, S, S) and images.dtype == torch.float32
+        assert labels.shape == (B, 2) and labels.dtype == torch.int64
+        assert images.min() >= -1 and images.max() <= 1 and images.min() < -0.5 and images.max() > 0.5
+        for lab, k in zip(labels.tolist(), ks):
+            assert lab == truth[k.rsplit("#", 1)[1]]
+    assert s.stats()["corrupt_skipped"] == 0
+
+
+def test_same_seed_same_order_new_epoch_new_order(corpus):
+    e = N // B
+    a, b, c = take(stream(corpus, seed=1), 2 * e), take(stream(corpus, seed=1), 2 * e), take(stream(corpus, seed=2), e)
+    assert keys_of(a) == keys_of(b)
+    assert all(torch.equal(x[0], y[0]) for x, y in zip(a, b))
+    assert keys_of(a[:e]) != keys_of(a[e:])  # epoch 1 reshuffled
+    assert sorted(keys_of(a[:e])) == sorted(keys_of(a[e:]))
+    assert keys_of(a[:e]) != keys_of(c)
+
+
+@pytest.mark.parametrize("split", [1, 3, 4, 6])
+def test_resume_is_bit_identical(corpus, split):
+    total = 7  # crosses the epoch boundary (4 batches per epoch)
+    straight = take(stream(corpus, seed=5), total)
+    first = stream(corpus, seed=5)
+    it = iter(first)
+    part = [next(it) for _ in range(split)]
+    state = json.loads(json.dumps(first.state_dict()))
+    assert state["epoch"] == split // 4 and state["batch"] == split % 4
+    again = stream(corpus, seed=5)
+    again.load_state_dict(state)
+    it2 = iter(again)
+    part += [next(it2) for _ in range(total - split)]
+    for (x, y), (u, v, _) in zip(part, straight):
+        assert torch.equal(x, u) and torch.equal(y, v)
+
+
+def test_two_ranks_disjoint_union_equal_batches(corpus):
+    r0, r1 = stream(corpus, rank=0, world=2), stream(corpus, rank=1, world=2)
+    assert r0.batches_per_epoch == r1.batches_per_epoch == N // (2 * B)
+    k0 = keys_of(take(r0, r0.batches_per_epoch))
+    k1 = keys_of(take(r1, r1.batches_per_epoch))
+    assert not set(k0) & set(k1) and sorted(k0 + k1) == sorted(str(i) for i in range(N))
+
+
+def test_uneven_ranks_get_the_same_number_of_batches(corpus):
+    # 8 shards over 3 ranks: 3/3/2 shards; the short rank pads from a second pass.
+    ranks = [stream(corpus, rank=r, world=3, batch=10) for r in range(3)]
+    bpe = {s.batches_per_epoch for s in ranks}
+    assert bpe == {3}  # ceil(24 / 10)
+    seen = []
+    for s in ranks:
+        batches = take(s, s.batches_per_epoch + 1)  # into the next epoch: no rank stalls
+        assert all(b[0].shape[0] == 10 for b in batches)
+        seen += keys_of(batches[: s.batches_per_epoch])
+    assert set(seen) == {str(i) for i in range(N)}
+    assert ranks[2].stats()["padding_passes"] >= 1
+
+
+def test_corrupt_sample_and_truncated_shard_are_skipped(corpus, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(corpus, bad)
+    (bad / "dataset.json").unlink()
+    with wds.TarWriter(str(bad / "data-000000.tar")) as w:  # replace shard 0: one garbage png
+        for i in range(8):
+            png = b"\x89PNG garbage" if i == 3 else _png(i)
+            w.write({"__key__": f"x{i}", "png": png, "json": {"labels": {"hair": 1, "eyes": 2}}})
+    data = (bad / "data-000001.tar").read_bytes()
+    (bad / "data-000001.tar").write_bytes(data[: len(data) // 2])  # truncated mid-shard
+    s = stream(bad, shuffle_buffer=0)
+    batches = take(s, s.batches_per_epoch * 2)
+    assert all(b[0].shape == (B, 3, S, S) for b in batches)
+    st = s.stats()
+    assert st["corrupt_skipped"] >= 2 and st["read_errors"] >= 2  # one per epoch at least
+    keys = set(keys_of(batches))
+    assert "x3" not in keys and {f"x{i}" for i in range(8) if i != 3} <= keys
+
+
+def _png(i: int) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    Image.new("RGB", (S, S), (i * 20, 0, 0)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_missing_shard_is_a_one_line_error_at_build_time(corpus, tmp_path):
+    with pytest.raises(GanscaleError, match="nope-000001.tar") as e:
+        stream(f"{corpus}/data-000000.tar,{tmp_path}/nope-000001.tar")
+    assert "\n" not in str(e.value)
+    folder = tmp_path / "c"
+    shutil.copytree(corpus, folder)
+    (folder / "data-000005.tar").unlink()
+    with pytest.raises(GanscaleError, match="data-000005.tar"):
+        stream(folder)
+
+
+def test_pipe_urls_need_allow_pipe(corpus):
+    url = f"pipe:cat {corpus}/data-00000{{0..7}}.tar"
+    with pytest.raises(GanscaleError, match="data.allow_pipe"):
+        stream(url)
+    s = stream(url, allow_pipe=True)
+    assert s.info.num_shards == 8 and list(s.info.attributes) == ["hair", "eyes"]  # inferred from json
+    images, labels = next(iter(s))
+    assert images.shape == (B, 3, S, S)
+
+
+def test_brace_pattern_uses_manifest_beside_it(corpus):
+    info = read_corpus_info(f"{corpus}/data-{{000000..000003}}.tar")
+    assert info.num_shards == 4 and info.num_samples == N // 2 and info.attributes["hair"] == HAIR_COLOURS
+
+
+def test_fewer_shards_than_readers_switches_to_resampled(corpus, caplog):
+    s = stream(f"{corpus}/data-00000{{0..1}}.tar", rank=3, world=4)
+    assert s.resampled and "resampled" in s.notice and "2 shards < 4 ranks" in s.notice
+    batches = take(s, 3)
+    assert all(b[0].shape == (B, 3, S, S) for b in batches)
+
+
+def test_resize_on_the_fly_and_unconditional(corpus, tmp_path):
+    src = tmp_path / "plain"
+    shutil.copytree(corpus.parent / "src" / "images", src)
+    pack(src, tmp_path / "out", size=S, per_shard=16)
+    s = stream(tmp_path / "out", size=8, batch=4)
+    assert s.info.attributes == {} and s.notice == ""
+    images, labels = next(iter(s))
+    assert images.shape == (4, 3, 8, 8) and labels.shape == (4, 0)
+
+
+def test_shardwriter_shards_are_read(tmp_path):
+    """Interop: shards written by webdataset.ShardWriter (png + json) feed the loader."""
+    pattern = str(tmp_path / "ext-%06d.tar")
+    names = [("aqua", "red"), ("white", "yellow"), ("brown", "blue")]
+    with wds.ShardWriter(pattern, maxcount=6) as sink:
+        for i in range(24):
+            hair, eyes = names[i % 3]
+            sink.write({"__key__": f"s{i:03d}", "png": Image.new("RGB", (S, S), (i, 0, 0)),
+                        "json": {"hair": hair, "eyes": eyes}})
+    info = read_corpus_info(str(tmp_path / "ext-{000000..000003}.tar"))
+    assert info.num_samples == 24 and info.num_shards == 4 and info.image_size == S
+    assert list(info.attributes) == ["hair", "eyes"]
+    s = stream(tmp_path / "ext-{000000..000003}.tar", batch=8, rotate_degrees=0, hflip=False)
+    for images, labels, keys in take(s, 3):
+        for lab, k in zip(labels.tolist(), keys):
+            i = int(k.rsplit("#s", 1)[1])
+            assert lab == [HAIR_COLOURS.index(names[i % 3][0]), EYE_COLOURS.index(names[i % 3][1])]
+            assert images[keys.index(k), 0, 0, 0].item() == pytest.approx(i / 127.5 - 1, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_workers_exact_epoch_and_resume(corpus):
+    s = stream(corpus, num_workers=2)
+    batches = take(s, s.batches_per_epoch)
+    assert sorted(keys_of(batches)) == sorted(str(i) for i in range(N))
+    first = stream(corpus, num_workers=2)
+    it = first.iter_with_keys()
+    head = [next(it) for _ in range(2)]
+    state = first.state_dict()
+    del it
+    again = stream(corpus, num_workers=2)
+    again.load_state_dict(state)
+    tail = take(again, s.batches_per_epoch - 2)
+    assert sorted(keys_of(head + tail)) == sorted(str(i) for i in range(N))
+
+
+def test_synthetic_source_is_built_once(tmp_path):
+    c = DataConfig(cache_dir=str(tmp_path), synthetic_n=32, num_workers=0, pin_memory=False)
+    s = build_loader(c, image_size=16, batch_size=8, seed=0, rank=1, world_size=2)
+    assert s.info.num_samples == 32 and s.info.num_shards >= 8 and list(s.info.attributes) == ["hair", "eyes"]
+    manifest = next(tmp_path.glob("synthetic-*/shards/dataset.json"))
+    stamp = manifest.stat().st_mtime_ns
+    build_loader(c, image_size=16, batch_size=8, seed=0, rank=0, world_size=2)
+    assert manifest.stat().st_mtime_ns == stamp
+    images, labels = next(iter(s))
+    assert images.shape == (8, 3, 16, 16) and (labels >= 0).all()
+
+
+def test_bad_state_is_a_clear_error(corpus):
+    s = stream(corpus)
+    with pytest.raises(GanscaleError, match="epoch/batch"):
+        s.load_state_dict({"step": 3})
