@@ -121,7 +121,7 @@ def commit(run_dir: Path, step: int, state: dict[str, Any], keep: int) -> Path:
                 os.close(fd)
     final = final_dir(run_dir, step)
     if final.exists():  # re-saving the same step (e.g. end right after a periodic save)
-        shutil.rmtree(final)
+        _remove(final)
     os.replace(tmp, final)
     _fsync_dir(final.parent)
     prune(run_dir, keep)
@@ -136,9 +136,21 @@ def abort(run_dir: Path, step: int) -> None:
 def prune(run_dir: Path, keep: int) -> None:
     refs = list_checkpoints(run_dir)
     for ref in refs[:-keep] if keep > 0 else []:
-        shutil.rmtree(ref.path, ignore_errors=True)
-    for p in checkpoint_dir(run_dir).glob(".step-*.tmp"):  # leftovers of killed saves
+        _remove(ref.path)
+    for p in checkpoint_dir(run_dir).glob(".step-*"):  # leftovers of killed saves and deletes
         shutil.rmtree(p, ignore_errors=True)
+
+
+def _remove(folder: Path) -> None:
+    """Delete a checkpoint so that a kill mid-delete never leaves a folder that still looks
+    complete (state.json kept, weights gone): rename it to a hidden name first (atomic)."""
+    trash = folder.with_name(f".{folder.name}.del")
+    shutil.rmtree(trash, ignore_errors=True)
+    try:
+        os.replace(folder, trash)
+    except OSError:
+        trash = folder
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def read_state(folder: Path) -> dict[str, Any]:
@@ -156,14 +168,33 @@ def read_state(folder: Path) -> dict[str, Any]:
     return state
 
 
-def disk_error(e: OSError, path: Path) -> CheckpointWriteError:
+def _write_errors() -> tuple[type[BaseException], ...]:
+    """What a checkpoint writer raises when a write fails. On a full disk only our own JSON
+    writes raise OSError: torch.save raises RuntimeError ("iostream error", "unexpected pos")
+    and safetensors its SafetensorError (seen in the disk-full drill on a real tmpfs)."""
+    try:
+        from safetensors import SafetensorError
+    except ImportError:  # pragma: no cover
+        return (OSError, RuntimeError)
+    return (OSError, RuntimeError, SafetensorError)
+
+
+WRITE_ERRORS = _write_errors()
+
+
+def disk_error(e: BaseException, path: Path) -> CheckpointWriteError:
     """A one-line error naming the path and the free space."""
+    free = None
     try:
         free = shutil.disk_usage(path if path.exists() else path.parent).free
         free_s = f"{free / 2**20:.1f} MiB free"
     except OSError:
         free_s = "free space unknown"
-    what = "disk full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+    code = getattr(e, "errno", None)
+    detail = (getattr(e, "strerror", None) or str(e) or type(e).__name__).strip().splitlines()[0][:200]
+    # a writer that is not OSError carries no errno: a (nearly) empty filesystem tells instead
+    full = code == errno.ENOSPC or "No space left" in str(e) or (free is not None and free < 2**20)
+    what = "disk full" if full else detail
     return CheckpointWriteError(
         f"checkpoint write to {path} failed: {what} ({free_s}); "
         f"the previous checkpoint is intact; free space or set checkpoint.keep lower"

@@ -133,6 +133,8 @@ class TrainConfig:
     """channels_last memory format for G and D."""
     compile: bool = False
     """torch.compile G and D."""
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
+    """torch.compile mode when train.compile is on; reduce-overhead uses CUDA graphs (GPU only)."""
 
     def __post_init__(self) -> None:
         _check(self.batch_size > 0, "train.batch_size", f"must be > 0, got {self.batch_size}")
@@ -252,9 +254,24 @@ class FaultConfig:
     learning rate, or stop with an error."""
     rollback_lr_factor: float = 0.5
     """Learning-rate factor applied on each rollback."""
+    max_rollbacks: int = 3
+    """Rollbacks allowed in a run; one more non-finite step then stops with an error."""
+    check_every: int = 1
+    """Read the NaN/inf flag on the host every N steps. 1: every phase of every step (the
+    fault is caught at the step it happens, at the cost of one host-device sync per phase).
+    N > 1: the flag accumulates on the device and is read every N steps, so the other steps
+    never wait for the GPU; needs nan_policy stop or rollback (an update already applied
+    cannot be skipped) and checkpoint.every a multiple of N (never checkpoint unchecked steps)."""
 
     def __post_init__(self) -> None:
         _check(0 < self.rollback_lr_factor <= 1, "faults.rollback_lr_factor", "must be in (0, 1]")
+        _check(self.max_rollbacks >= 0, "faults.max_rollbacks", f"must be >= 0, got {self.max_rollbacks}")
+        _check(self.check_every >= 1, "faults.check_every", f"must be >= 1, got {self.check_every}")
+        _check(
+            self.check_every == 1 or self.nan_policy != "skip",
+            "faults.check_every",
+            "> 1 needs faults.nan_policy stop or rollback (skip must see the NaN before the update)",
+        )
 
 
 @dataclass
@@ -278,6 +295,7 @@ class Config:
     faults: FaultConfig = field(default_factory=FaultConfig)
 
     def __post_init__(self) -> None:
+        _check(-(2**63) <= self.seed < 2**63, "seed", f"must fit in 64 bits, got {self.seed}")
         if self.loss.penalty == "gp" and self.model.d_norm == "batch":
             raise ConfigError(
                 "config key model.d_norm: batch norm breaks the per-sample gradient "
@@ -285,6 +303,12 @@ class Config:
             )
         if self.model.head == "projection" and not self.model.conditional:
             raise ConfigError("config key model.head: projection needs model.conditional: true")
+        every = self.faults.check_every
+        if every > 1 and self.checkpoint.every % every:
+            raise ConfigError(
+                f"config key faults.check_every: checkpoint.every ({self.checkpoint.every}) must be a "
+                f"multiple of it ({every}), so no checkpoint holds an unchecked step"
+            )
 
     def grad_accum_for(self, world_size: int) -> int:
         """Micro-steps per optimizer step on ``world_size`` processes (train.global_batch wins)."""
@@ -349,13 +373,19 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, float) and value.is_integer():
             return int(value)
     elif tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML reads 2e-4 as a string (YAML 1.1)
+            number = float(value)
+        elif isinstance(value, str):  # YAML reads 2e-4 as a string (YAML 1.1)
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None:
+            # nan/inf (.inf, "inf", 1e400) would pass every "> 0" check and train on NaN
+            if not math.isfinite(number):
+                raise ConfigError(f"config key {key}: must be a finite number, got {value!r}")
+            return number
     elif tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
@@ -386,7 +416,8 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
                 hint = f"; did you mean {close[0]}?" if close else f"; valid keys: {', '.join(names)}"
             else:
                 hint = f"; did you mean {prefix}{close[0]}?"
-            raise ConfigError(f"unknown config key {full}{hint}")
+            shown = full if full.isprintable() else repr(full)  # a key with a newline: keep one line
+            raise ConfigError(f"unknown config key {shown}{hint}")
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
             kwargs[key] = _build(tp, value, f"{full}.")

@@ -173,9 +173,16 @@ class AccelerateRuntime(Runtime):
         # mixed_precision="no": precision is ours (see module docstring). broadcast_buffers
         # off: each rank keeps its own BatchNorm statistics, like SyncBN-free DCGAN training.
         ddp = DistributedDataParallelKwargs(broadcast_buffers=False)
-        self.accelerator = Accelerator(mixed_precision="no", kwargs_handlers=[ddp])
+        # cpu=True without CUDA: otherwise, under torchrun (no ACCELERATE_USE_CPU), Accelerate on
+        # a CPU-only machine makes every process "rank 0 of 1" (no gradient averaging, data not
+        # split, every rank writing checkpoints).
+        self.accelerator = Accelerator(mixed_precision="no", kwargs_handlers=[ddp],
+                                       cpu=not torch.cuda.is_available())
         state = self.accelerator.state
-        self.device = self.accelerator.device
+        # Several CPU processes get device "cpu:0", which safetensors' load_file(device=...) rejects
+        # (so every multi-process CPU resume failed); CPU has one device: call it "cpu".
+        device = self.accelerator.device
+        self.device = torch.device("cpu") if device.type == "cpu" else device
         self.rank = state.process_index
         self.world_size = state.num_processes
         self.local_rank = state.local_process_index
@@ -204,7 +211,8 @@ class AccelerateRuntime(Runtime):
         self._plain = {"g": G, "d": D}
         G, D, opt_g, opt_d = self.accelerator.prepare(G, D, opt_g, opt_d)
         if cfg.train.compile:
-            G, D = torch.compile(G), torch.compile(D)
+            mode = cfg.train.compile_mode
+            G, D = torch.compile(G, mode=mode), torch.compile(D, mode=mode)
         self.G, self.D = G, D
         self.opt = {"g": opt_g, "d": opt_d}
 

@@ -72,6 +72,7 @@ def ds_config(cfg: Config, world_size: int) -> dict[str, Any]:
     file, when the config has that field) is merged over this.
     """
     tc = cfg.train
+    accum = cfg.grad_accum_for(world_size)
     stage = cfg.deepspeed.zero_stage
     zero: dict[str, Any] = {"stage": stage}
     if stage in (1, 2):
@@ -79,8 +80,8 @@ def ds_config(cfg: Config, world_size: int) -> dict[str, Any]:
         zero["elastic_checkpoint"] = True
     out: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": tc.batch_size,
-        "gradient_accumulation_steps": tc.grad_accum,
-        "train_batch_size": tc.batch_size * tc.grad_accum * world_size,
+        "gradient_accumulation_steps": accum,
+        "train_batch_size": tc.batch_size * accum * world_size,
         # Our optimizer is torch's Adam (foreach/fused), not DeepSpeed's CPU/fused Adam ops,
         # which need compiled extensions.
         "zero_allow_untested_optimizer": True,
@@ -210,6 +211,7 @@ class DeepSpeedRuntime(Runtime):
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.mixed_precision)
         # Loss scaling is the engines' (one GradScaler each); the base class's scalers stay off.
         self.scalers = {net: torch.amp.GradScaler(self.device.type, enabled=False) for net in NETS}
+        self.grad_accum = cfg.grad_accum_for(self.world_size)
         self._backwards = dict.fromkeys(NETS, 0)
 
     # ---- setup ------------------------------------------------------------------------
@@ -251,16 +253,16 @@ class DeepSpeedRuntime(Runtime):
     def backward(self, loss: torch.Tensor, net: str) -> None:
         engine = self.engines[net]
         self._backwards[net] += 1
-        engine.set_gradient_accumulation_boundary(self._backwards[net] % self.cfg.train.grad_accum == 0)
+        engine.set_gradient_accumulation_boundary(self._backwards[net] % self.grad_accum == 0)
         engine.backward(loss, scale_wrt_gas=False)
 
     def step(self, net: str) -> torch.Tensor:
         """One optimizer step of ``net`` (after ``grad_accum`` backward calls); returns the
         gradient norm DeepSpeed measured (or, for stage 0, the norm of the reduced grads)."""
         engine = self.engines[net]
-        if self._backwards[net] % self.cfg.train.grad_accum != 0:
+        if self._backwards[net] % self.grad_accum != 0:
             raise GanscaleError(f"step({net!r}) after {self._backwards[net]} backward calls; "
-                                f"expected a multiple of train.grad_accum={self.cfg.train.grad_accum}")
+                                f"expected a multiple of grad_accum={self.grad_accum}")
         norm = None
         if not engine.zero_optimization():
             grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
@@ -288,6 +290,7 @@ class DeepSpeedRuntime(Runtime):
     def save_training_state(self, folder: Path) -> None:
         """All ranks: each engine into its own folder; rank 0: full fp32 weights."""
         for net, engine in self.engines.items():
+            _expose_adam_step(engine)
             engine.save_checkpoint(str(folder / f"ds_{net.upper()}"), tag=_TAG)
         if self.is_main:
             from safetensors.torch import save_file
@@ -318,10 +321,13 @@ class DeepSpeedRuntime(Runtime):
                                 f"{meta['world_size']} (ZeRO-0/1/2 checkpoints resume on any count)")
         for net, engine in self.engines.items():
             path = folder / f"ds_{net.upper()}"
-            load_path, _ = engine.load_checkpoint(str(path), tag=_TAG, load_optimizer_states=True,
-                                                  load_lr_scheduler_states=False)
-            if load_path is None:
-                raise GanscaleError(f"checkpoint {folder}: DeepSpeed could not load {path}")
+            if stage in (1, 2) and meta["world_size"] != self.world_size:
+                _load_zero12_elastic(engine, path, meta["world_size"])
+            else:
+                load_path, _ = engine.load_checkpoint(str(path), tag=_TAG, load_optimizer_states=True,
+                                                      load_lr_scheduler_states=False)
+                if load_path is None:
+                    raise GanscaleError(f"checkpoint {folder}: DeepSpeed could not load {path}")
             self._backwards[net] = 0
 
     def scaler_state(self) -> dict[str, Any]:
@@ -349,8 +355,63 @@ class DeepSpeedRuntime(Runtime):
     def end(self) -> None:
         self.engines = {}
         self.G = self.D = None  # type: ignore[assignment]
-        gc.collect()  # gloo aborts at exit unless garbage is collected before teardown
+        # gloo aborts at exit unless garbage is collected before teardown. The process group is
+        # left up: DeepSpeed caches its groups globally, so a destroyed and re-created group
+        # breaks the next deepspeed.initialize in this process (tests, notebooks).
+        gc.collect()
         if torch.distributed.is_initialized():
             torch.distributed.barrier()
-            torch.distributed.destroy_process_group()
 
+
+def _expose_adam_step(engine: Any) -> None:
+    """Copy torch Adam's step count into its param groups before a ZeRO-1/2 save.
+
+    DeepSpeed's elastic (any-process-count) checkpoint reads the step from
+    ``param_groups[0]["step"]``, where its own Adam keeps it; torch's Adam keeps it per
+    parameter, so without this the save has no step and the load asserts. torch's Adam
+    ignores the extra group key, and the per-parameter steps are restored as well.
+    """
+    basic = getattr(engine.optimizer, "optimizer", None)
+    if basic is None or not getattr(engine.optimizer, "elastic_checkpoint", False):
+        return
+    for group in basic.param_groups:
+        steps = [basic.state[p]["step"] for p in group["params"] if "step" in basic.state.get(p, {})]
+        group["step"] = int(steps[0]) if steps else 0
+
+
+def _load_zero12_elastic(engine: Any, path: Path, saved_world_size: int) -> None:
+    """Load a ZeRO-1/2 checkpoint written on ``saved_world_size`` processes into this one.
+
+    The checkpoint is saved "elastic" (each rank's unpadded fp32 partition and Adam state),
+    and DeepSpeed's ZeRO-1/2 optimizer can merge and re-split such partitions, but its
+    ``engine.load_checkpoint`` refuses any process-count change up front, and its universal
+    checkpoint converter needs Megatron-style metadata. So: module weights and buffers
+    through the engine (module only), then the optimizer's own elastic restore steps. These
+    are DeepSpeed internals (checked with 0.19.8); a missing one is a clear error, not a
+    silently fresh optimizer.
+    """
+    from deepspeed.checkpoint.constants import OPTIMIZER_STATE_DICT
+
+    opt = engine.optimizer
+    steps = ("_load_global_state", "_restore_elastic_base_optimizer_state", "_restore_from_elastic_fp32_weights",
+             "_link_all_hp_params")
+    missing = [s for s in steps if not hasattr(opt, s)]
+    if missing:
+        raise GanscaleError(f"{path}: resuming on another process count needs DeepSpeed's ZeRO-1/2 elastic "
+                            f"restore ({', '.join(missing)} missing in this DeepSpeed version); resume on "
+                            f"{saved_world_size} processes")
+    load_path, _ = engine.load_checkpoint(str(path), tag=_TAG, load_module_only=True,
+                                          load_optimizer_states=False, load_lr_scheduler_states=False)
+    if load_path is None:
+        raise GanscaleError(f"{path}: DeepSpeed could not load the module weights")
+    shards = []
+    for rank in range(saved_world_size):
+        f = path / _TAG / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt"
+        if not f.is_file():
+            raise GanscaleError(f"{path}: optimizer partition {f.name} missing (checkpoint incomplete)")
+        # DeepSpeed's own files are pickles (its loader does the same); ours never are.
+        shards.append(torch.load(f, map_location="cpu", weights_only=False)[OPTIMIZER_STATE_DICT])
+    opt._load_global_state(shards[0])
+    opt._restore_elastic_base_optimizer_state(shards)
+    opt._restore_from_elastic_fp32_weights(shards)
+    opt._link_all_hp_params()

@@ -10,6 +10,7 @@ bit-exactly.
 from __future__ import annotations
 
 import contextlib
+import pickle
 import signal
 import time
 import warnings
@@ -26,6 +27,7 @@ from ganscale.ema import EMA
 from ganscale.errors import GanscaleError
 from ganscale.export import export_generator, generator_meta
 from ganscale.images import make_grid, plot_losses, save_png
+from ganscale.monitors import HealthMonitor, HealthWarning
 from ganscale.runtime import Runtime, build_runtime, finite
 from ganscale.tracking import MetricsFile, build_tracker, read_metrics
 
@@ -70,7 +72,9 @@ class TrainResult:
 
 def step_generator(seed: int, rank: int, step: int, phase: int, device: torch.device) -> torch.Generator:
     g = torch.Generator(device=device)
-    g.manual_seed(((seed * 1_000_003 + rank) * 1_000_003 + step) * 8 + phase)
+    # modulo 2**64: a large seed (>= ~10**7) would overflow manual_seed; values in range keep
+    # their stream (torch maps a negative seed to seed + 2**64 itself)
+    g.manual_seed((((seed * 1_000_003 + rank) * 1_000_003 + step) * 8 + phase) % 2**64)
     return g
 
 
@@ -124,6 +128,8 @@ class Trainer:
         self.grad_accum = cfg.grad_accum_for(rt.world_size)
         self.state = TrainState()
         self.meta = generator_meta(cfg, self.attributes)
+        self.health = HealthMonitor(cfg.loss.adversarial)
+        self._unchecked: torch.Tensor | None = None  # finite flag not yet read (faults.check_every)
 
     # ------------------------------------------------------------------ noise and data
     def noise(self, step: int, phase: int, batch: int) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -215,11 +221,19 @@ class Trainer:
         return torch.sigmoid(logits).mean() if self.cfg.loss.adversarial == "bce" else logits.mean()
 
     def check_finite(self, loss: torch.Tensor, net: str, step: int) -> bool:
-        """NaN/inf policy: stop (error), skip (drop this update) or rollback (reload + lower lr)."""
-        if bool(finite(loss)):
+        """NaN/inf policy: stop (error), skip (drop this update) or rollback (reload + lower lr).
+
+        With faults.check_every = k > 1 the flag stays on the device and is read only every k
+        steps (no host sync in between); a fault is then reported at the next check step.
+        """
+        every = self.cfg.faults.check_every
+        ok = finite(loss) if self._unchecked is None else self._unchecked & finite(loss)
+        self._unchecked = ok if every > 1 and (step + 1) % every else None
+        if self._unchecked is not None or bool(ok):
             return True
         policy = self.cfg.faults.nan_policy
-        msg = f"non-finite {net.upper()} loss at step {step + 1}"
+        when = f"step {step + 1}" if every == 1 else f"steps {step + 2 - every}-{step + 1}"
+        msg = f"non-finite {net.upper()} loss at {when}"
         self.tracker.alert("non_finite", msg)
         self.metrics.write({"step": step + 1, "event": "non_finite", "net": net, "policy": policy})
         if policy == "stop":
@@ -231,8 +245,27 @@ class Trainer:
         if policy == "rollback":
             raise _Rollback(msg)
         self.state.skipped_steps += 1
+        self._repair_after_skip(msg)
         warnings.warn(f"{msg}; update skipped (faults.nan_policy=skip)", stacklevel=2)
         return False
+
+    def _repair_after_skip(self, msg: str) -> None:
+        """A skipped update must leave no NaN behind. The non-finite forward already updated
+        BatchNorm running statistics (found NaN in D's by the NaN drill): reset those. A
+        non-finite weight cannot be skipped past (every later step would be skipped too)."""
+        for net in ("g", "d"):
+            module = self.rt.module(net)
+            bad = next((n for n, p in module.named_parameters() if not bool(finite(p))), None)
+            if bad is not None:
+                raise NonFiniteLoss(
+                    f"{msg}; {net.upper()} weights are non-finite ({bad}), skipping cannot recover; "
+                    f"resume from the last checkpoint or set faults.nan_policy=rollback"
+                )
+            for m in module.modules():
+                stats = [getattr(m, "running_mean", None), getattr(m, "running_var", None)]
+                stats = [t for t in stats if isinstance(t, torch.Tensor)]
+                if stats and not bool(finite(*stats)):
+                    m.reset_running_stats()
 
     # ------------------------------------------------------------------ the loop
     def run(self, resume: str | None) -> TrainResult:
@@ -301,8 +334,16 @@ class Trainer:
 
     def log(self, record: dict[str, torch.Tensor], step: int, img_per_s: float, data_wait: float) -> None:
         keys = sorted(record)
-        values = self.rt.all_reduce_mean(torch.stack([record[k].float().reshape(()) for k in keys]))
-        row: dict[str, Any] = {k: round(v, 6) for k, v in zip(keys, values.tolist(), strict=True)}
+        # the loader's skipped-sample counters ride along in the same all-reduce (summed over ranks)
+        counters = self.data.stats()
+        counts = [float(counters.get(k, 0)) for k in ("corrupt_skipped", "read_errors")]
+        stacked = torch.stack([record[k].float().reshape(()) for k in keys])
+        stacked = torch.cat([stacked, torch.tensor(counts, device=stacked.device)])
+        values = self.rt.all_reduce_mean(stacked).tolist()
+        row: dict[str, Any] = {k: round(v, 6) for k, v in zip(keys, values, strict=False)}
+        row["data/corrupt_skipped"], row["data/read_errors"] = (
+            round(v * self.rt.world_size) for v in values[len(keys) :]
+        )
         row |= {
             "step": step,
             "images_seen": self.state.images_seen,
@@ -314,6 +355,15 @@ class Trainer:
         self.metrics.write(row)
         self.tracker.log({k: v for k, v in row.items() if k != "step"}, step=step)
         self._last_row = row
+        self.warn_health(self.health.observe_metrics(row))
+
+    def warn_health(self, found: list[HealthWarning]) -> None:
+        """A training-health warning goes to the log, the tracker and metrics.jsonl."""
+        for w in found:
+            if self.rt.is_main:
+                warnings.warn(f"step {w.step}: {w.message}", stacklevel=2)
+            self.tracker.alert(w.signal, w.message)
+            self.metrics.write(w.row())
 
     # ------------------------------------------------------------------ samples and export
     def sample_conditions(self) -> list[str] | None:
@@ -354,6 +404,7 @@ class Trainer:
         if not self.rt.is_main:
             return
         images = self.fixed_grid()
+        self.warn_health(self.health.observe_samples(images, step, group=self.cfg.log.samples_per_condition))
         grid = make_grid(images, ncol=self.cfg.log.samples_per_condition)
         save_png(grid, self.run_dir / "samples" / f"step-{step:07d}.png")
         self.tracker.log_image("samples", grid, step, caption=f"step {step}")
@@ -370,6 +421,8 @@ class Trainer:
         rt, step = self.rt, self.state.step
         if ckpt.latest_checkpoint(self.run_dir) and ckpt.latest_checkpoint(self.run_dir).step == step:
             return
+        if self._unchecked is not None and not bool(self._unchecked):  # faults.check_every > 1
+            raise NonFiniteLoss(f"non-finite loss in the steps before step {step}; checkpoint not written")
         data_states = rt.all_gather_object(self.data.state_dict())
         error = None
         try:
@@ -385,7 +438,7 @@ class Trainer:
                 )
                 save_config(self.cfg, folder / "config.yaml")
                 ckpt.write_json(folder / "generator.json", self.meta)
-        except OSError as e:
+        except ckpt.WRITE_ERRORS as e:  # on a full disk torch.save raises RuntimeError, not OSError
             error = ckpt.disk_error(e, ckpt.staging_dir(self.run_dir, step))
         errors = rt.all_gather_object(str(error) if error else None)
         if any(errors):
@@ -417,11 +470,20 @@ class Trainer:
     def restore(self, folder: Path | None) -> None:
         if folder is None:
             return
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         state = ckpt.read_state(folder)
-        self.rt.load_training_state(folder)
-        self.ema.load_state_dict(load_file(str(folder / "G_ema.safetensors"), device=str(self.rt.device)))
+        try:
+            self.rt.load_training_state(folder)
+            self.ema.load_state_dict(load_file(str(folder / "G_ema.safetensors"), device=str(self.rt.device)))
+        except (OSError, RuntimeError, ValueError, pickle.UnpicklingError, SafetensorError) as e:
+            # e.g. an optimizer file whose pickle would run code: weights_only refuses it
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+            raise GanscaleError(
+                f"checkpoint {folder} cannot be loaded ({type(e).__name__}: {first}); "
+                f"resume from another checkpoint"
+            ) from e
         self.rt.load_scaler_state(state.get("scalers", {}))
         self.state.step = state["step"]
         self.state.images_seen = state["images_seen"]
@@ -436,12 +498,20 @@ class Trainer:
         ref = ckpt.latest_checkpoint(self.run_dir)
         if ref is None:
             raise NonFiniteLoss(f"{reason}; no checkpoint to roll back to (faults.nan_policy=rollback)")
-        factor = self.cfg.faults.rollback_lr_factor
+        limit = self.cfg.faults.max_rollbacks
+        if self.state.rollbacks >= limit:
+            raise NonFiniteLoss(
+                f"{reason}; already rolled back {self.state.rollbacks} times (faults.max_rollbacks="
+                f"{limit}); stopped. Resume from {ref.path} with a lower lr, or raise faults.max_rollbacks"
+            )
+        # counters and the lr factor carry across the reload (the checkpoint holds older ones):
+        # a fault that recurs lowers the lr again instead of replaying the same steps forever
+        rollbacks = self.state.rollbacks + 1
+        lr_factor = self.state.lr_factor * self.cfg.faults.rollback_lr_factor
         self.restore(ref.path)
-        self.state.rollbacks += 1
-        self.state.lr_factor *= factor
-        for net in ("g", "d"):
-            self.rt.set_lr(net, factor)
+        for net in ("g", "d"):  # the reloaded optimizers hold the checkpoint's lr
+            self.rt.set_lr(net, lr_factor / self.state.lr_factor)
+        self.state.rollbacks, self.state.lr_factor = rollbacks, lr_factor
         self._batches = iter(self.data)
         msg = f"{reason}; rolled back to step {ref.step}, lr x{self.state.lr_factor:g}"
         warnings.warn(msg, stacklevel=2)

@@ -19,3 +19,15 @@ def corpus_cache(tmp_path_factory) -> Path:
 @pytest.fixture
 def tiny_overrides(corpus_cache) -> list[str]:
     return [f"data.cache_dir={corpus_cache}"]
+
+
+# --- fault drills: print the drill numbers at the end of `pytest -m faults` (tests/faultlib.py)
+def pytest_terminal_summary(terminalreporter):
+    import sys
+
+    faultlib = sys.modules.get("faultlib")
+    if faultlib is None or not faultlib.RESULTS:
+        return
+    terminalreporter.section("fault drills")
+    for line in faultlib.table():
+        terminalreporter.write_line(line)

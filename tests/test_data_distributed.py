@@ -19,7 +19,8 @@ WORKER = textwrap.dedent("""
     cache, out, workers = sys.argv[1], sys.argv[2], int(sys.argv[3])
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     dist.init_process_group("gloo", rank=rank, world_size=world)
-    cfg = DataConfig(cache_dir=cache, synthetic_n=64, num_workers=workers, shuffle_buffer=16, pin_memory=False)
+    cfg = DataConfig(cache_dir=cache, synthetic_n=64, num_workers=workers, shuffle_buffer=16,
+                     pin_memory=False)
     s = build_loader(cfg, image_size=16, batch_size=8, seed=0, rank=rank, world_size=world)
     keys, it = [], s.iter_with_keys()
     for _ in range(s.batches_per_epoch):
@@ -43,7 +44,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.slow)])
 def test_two_ranks_see_disjoint_shards_covering_everything(tmp_path, workers):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
@@ -51,10 +52,22 @@ def test_two_ranks_see_disjoint_shards_covering_everything(tmp_path, workers):
     port = str(_free_port())
     procs = []
     for rank in range(2):
-        env = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=port,
-                   OMP_NUM_THREADS="1")
-        procs.append(subprocess.Popen([sys.executable, str(script), str(cache), str(tmp_path / f"r{rank}.json"),
-                                       str(workers)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+        env = dict(
+            os.environ,
+            RANK=str(rank),
+            WORLD_SIZE="2",
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=port,
+            OMP_NUM_THREADS="1",
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(script), str(cache), str(tmp_path / f"r{rank}.json"), str(workers)],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )
+        )
     for p in procs:
         out, _ = p.communicate(timeout=120)
         assert p.returncode == 0, out.decode()[-2000:]

@@ -38,14 +38,22 @@ def _truth(corpus: Path) -> dict[str, list[int]]:
 
 
 def cfg(path, **kw) -> DataConfig:
-    base = dict(source="shards", path=str(path), num_workers=0, shuffle_buffer=32, rotate_degrees=8.0,
-                pin_memory=False)
+    base = dict(
+        source="shards",
+        path=str(path),
+        num_workers=0,
+        shuffle_buffer=32,
+        rotate_degrees=8.0,
+        pin_memory=False,
+    )
     base.update(kw)
     return DataConfig(**base)
 
 
 def stream(path, rank=0, world=1, seed=0, batch=B, size=S, **kw) -> ShardStream:
-    return build_loader(cfg(path, **kw), image_size=size, batch_size=batch, seed=seed, rank=rank, world_size=world)
+    return build_loader(
+        cfg(path, **kw), image_size=size, batch_size=batch, seed=seed, rank=rank, world_size=world
+    )
 
 
 def take(s: ShardStream, n: int):
@@ -70,16 +78,20 @@ def test_one_epoch_exact_labels_and_range(corpus):
         assert images.shape == (B, 3, S, S) and images.dtype == torch.float32
         assert labels.shape == (B, 2) and labels.dtype == torch.int64
         assert images.min() >= -1 and images.max() <= 1 and images.min() < -0.5 and images.max() > 0.5
-        for lab, k in zip(labels.tolist(), ks):
+        for lab, k in zip(labels.tolist(), ks, strict=True):
             assert lab == truth[k.rsplit("#", 1)[1]]
     assert s.stats()["corrupt_skipped"] == 0
 
 
 def test_same_seed_same_order_new_epoch_new_order(corpus):
     e = N // B
-    a, b, c = take(stream(corpus, seed=1), 2 * e), take(stream(corpus, seed=1), 2 * e), take(stream(corpus, seed=2), e)
+    a, b, c = (
+        take(stream(corpus, seed=1), 2 * e),
+        take(stream(corpus, seed=1), 2 * e),
+        take(stream(corpus, seed=2), e),
+    )
     assert keys_of(a) == keys_of(b)
-    assert all(torch.equal(x[0], y[0]) for x, y in zip(a, b))
+    assert all(torch.equal(x[0], y[0]) for x, y in zip(a, b, strict=True))
     assert keys_of(a[:e]) != keys_of(a[e:])  # epoch 1 reshuffled
     assert sorted(keys_of(a[:e])) == sorted(keys_of(a[e:]))
     assert keys_of(a[:e]) != keys_of(c)
@@ -98,7 +110,7 @@ def test_resume_is_bit_identical(corpus, split):
     again.load_state_dict(state)
     it2 = iter(again)
     part += [next(it2) for _ in range(total - split)]
-    for (x, y), (u, v, _) in zip(part, straight):
+    for (x, y), (u, v, _) in zip(part, straight, strict=True):
         assert torch.equal(x, u) and torch.equal(y, v)
 
 
@@ -201,14 +213,20 @@ def test_shardwriter_shards_are_read(tmp_path):
     with wds.ShardWriter(pattern, maxcount=6) as sink:
         for i in range(24):
             hair, eyes = names[i % 3]
-            sink.write({"__key__": f"s{i:03d}", "png": Image.new("RGB", (S, S), (i, 0, 0)),
-                        "json": {"hair": hair, "eyes": eyes}})
+            sink.write(
+                {
+                    "__key__": f"s{i:03d}",
+                    "png": Image.new("RGB", (S, S), (i, 0, 0)),
+                    "json": {"hair": hair, "eyes": eyes},
+                }
+            )
     info = read_corpus_info(str(tmp_path / "ext-{000000..000003}.tar"))
     assert info.num_samples == 24 and info.num_shards == 4 and info.image_size == S
     assert list(info.attributes) == ["hair", "eyes"]
+    assert read_corpus_info(tmp_path).num_samples == 24  # a folder of shards without dataset.json
     s = stream(tmp_path / "ext-{000000..000003}.tar", batch=8, rotate_degrees=0, hflip=False)
     for images, labels, keys in take(s, 3):
-        for lab, k in zip(labels.tolist(), keys):
+        for lab, k in zip(labels.tolist(), keys, strict=True):
             i = int(k.rsplit("#s", 1)[1])
             assert lab == [HAIR_COLOURS.index(names[i % 3][0]), EYE_COLOURS.index(names[i % 3][1])]
             assert images[keys.index(k), 0, 0, 0].item() == pytest.approx(i / 127.5 - 1, abs=1e-6)
@@ -246,3 +264,52 @@ def test_bad_state_is_a_clear_error(corpus):
     s = stream(corpus)
     with pytest.raises(GanscaleError, match="epoch/batch"):
         s.load_state_dict({"step": 3})
+
+
+def test_resampled_mode_resumes_exactly(corpus):
+    straight = take(stream(corpus, seed=9, resampled=True), 6)
+    first = stream(corpus, seed=9, resampled=True)
+    assert first.batches_per_epoch == N // B
+    it = iter(first)
+    part = [next(it) for _ in range(3)]
+    again = stream(corpus, seed=9, resampled=True)
+    again.load_state_dict(first.state_dict())
+    it2 = iter(again)
+    part += [next(it2) for _ in range(3)]
+    for (x, y), (u, v, _) in zip(part, straight, strict=True):
+        assert torch.equal(x, u) and torch.equal(y, v)
+
+
+def test_a_new_iterator_continues_from_the_current_position(corpus):
+    straight = take(stream(corpus, seed=4), 5)
+    s = stream(corpus, seed=4)
+    got = take(s, 2) + take(s, 3)
+    assert keys_of(got) == keys_of(straight)
+
+
+def test_state_from_another_layout_is_approximated_not_fatal(corpus):
+    two = stream(corpus, rank=0, world=2)
+    take(two, 1)
+    state = two.state_dict()
+    one = stream(corpus, rank=0, world=1, num_workers=0)
+    one.load_state_dict({**state, "batch": 99})  # e.g. rescaled by an elastic resume: clamped
+    assert one.state_dict()["epoch"] == 1 and one.state_dict()["batch"] == 0
+    one.load_state_dict(state)
+    images, _ = next(iter(one))
+    assert images.shape == (B, 3, S, S) and one.state_dict()["batch"] == 2
+
+
+def test_fsspec_urls_stream_and_missing_backends_are_named(corpus):
+    fsspec = pytest.importorskip("fsspec")
+    fs = fsspec.filesystem("memory")
+    for i in range(2):
+        fs.pipe(f"/ganscale-test/data-{i:06d}.tar", (corpus / f"data-{i:06d}.tar").read_bytes())
+    s = stream("memory://ganscale-test/data-{000000..000001}.tar", batch=8)
+    assert s.info.num_samples == 16 and list(s.info.attributes) == ["hair", "eyes"]  # counted remotely
+    keys = keys_of(take(s, s.batches_per_epoch))
+    assert len(set(keys)) == 16
+    try:
+        import s3fs  # noqa: F401
+    except ImportError:
+        with pytest.raises(GanscaleError, match="s3://"):
+            stream("s3://bucket/data-000000.tar")

@@ -62,8 +62,14 @@ def test_extra_layout_with_defects(synth_src, tmp_path):
     (src / "tags.csv").write_text("\n".join(rows) + "\n")
     out = tmp_path / "out"
     res = pack(src, out, size=16, per_shard=8)
-    expect = {"unreadable_image": 2, "missing_image": 1, "missing_tags": 2, "ambiguous_attribute": 1,
-              "unknown_attribute": 1, "unparsable_row": 1}
+    expect = {
+        "unreadable_image": 2,
+        "missing_image": 1,
+        "missing_tags": 2,
+        "ambiguous_attribute": 1,
+        "unknown_attribute": 1,
+        "unparsable_row": 1,
+    }
     assert dict(res.rejects) == expect
     kept = N - 2 - 1 - 2 - 1 - 1  # 0,1 unreadable; 2 no image; 3,6 no row; 4 ambiguous; 5 unknown
     assert res.kept == kept
@@ -120,8 +126,12 @@ def test_faces_layout(synth_src, tmp_path):
     truth = _faces_layout(synth_src, tmp_path / "faces")
     assert detect_layout(tmp_path / "faces") == "mlds_faces"
     res = pack(tmp_path / "faces", tmp_path / "out", size=16, per_shard=10, fmt="jpg")
-    assert dict(res.rejects) == {"ambiguous_attribute": 1, "missing_attribute": 1, "unparsable_row": 1,
-                                 "missing_image": 1}
+    assert dict(res.rejects) == {
+        "ambiguous_attribute": 1,
+        "missing_attribute": 1,
+        "unparsable_row": 1,
+        "missing_image": 1,
+    }
     assert res.kept == N - 3
     got = _read_plain(tmp_path / "out")
     assert set(got) == set(truth) - {"0", "2", "3"}
@@ -158,7 +168,11 @@ def test_plain_folder_is_unconditional(tmp_path):
     res = pack(src, tmp_path / "out", size=8, per_shard=2)
     assert res.kept == 5 and res.num_shards == 3
     m = json.loads((tmp_path / "out" / "dataset.json").read_text())
-    assert m["layout"] == "plain" and m["attributes"] == {} and [s["num_samples"] for s in m["shards"]] == [2, 2, 1]
+    assert (
+        m["layout"] == "plain"
+        and m["attributes"] == {}
+        and [s["num_samples"] for s in m["shards"]] == [2, 2, 1]
+    )
     with tarfile.open(tmp_path / "out" / "data-000000.tar") as tf:
         names = tf.getnames()
     assert all(n.count(".") == 1 for n in names)  # keys carry no dots
@@ -191,11 +205,11 @@ def test_interrupted_pack_leaves_no_complete_looking_output(synth_src, tmp_path,
     calls = {"n": 0}
     real = packmod.encode
 
-    def boom(img, fmt):
+    def boom(img, fmt, *args):
         calls["n"] += 1
         if calls["n"] == 10:
             raise KeyboardInterrupt
-        return real(img, fmt)
+        return real(img, fmt, *args)
 
     monkeypatch.setattr(packmod, "encode", boom)
     with pytest.raises(KeyboardInterrupt):
@@ -217,3 +231,22 @@ def test_jpeg_bytes_decode(tmp_path, synth_src):
     with tarfile.open(tmp_path / "out" / "data-000000.tar") as tf:
         m = next(x for x in tf.getmembers() if x.name.endswith(".jpg"))
         assert Image.open(io.BytesIO(tf.extractfile(m).read())).format == "JPEG"
+
+
+def test_inspect_prints_counts_and_writes_contact_sheet(synth_src, tmp_path, capsys):
+    pack(synth_src, tmp_path / "out", size=16, per_shard=7)
+    sheet = tmp_path / "sheet.png"
+    with pytest.raises(SystemExit) as e:
+        main(["data", "inspect", str(tmp_path / "out"), "--out", str(sheet), "--n", "12"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    assert f"{N} samples, 5 shards" in text and "aqua" in text and "yellow" in text
+    with Image.open(sheet) as im:
+        assert im.width > 8 * 64 and im.height > 2 * 64
+    # raw shard list (no manifest used for counts) and an unpacked source folder work too
+    with pytest.raises(SystemExit):
+        main(["data", "inspect", f"{tmp_path}/out/data-{{000000..000001}}.tar", "--out", str(sheet)])
+    assert "14 samples, 2 shards" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["data", "inspect", str(synth_src), "--out", str(sheet)])
+    assert f"{N} samples" in capsys.readouterr().out and "mlds_extra" in text

@@ -3,10 +3,9 @@
 import hashlib
 
 import numpy as np
+import typer
 from PIL import Image
 from typer.testing import CliRunner
-
-import typer
 
 from ganscale.data.cli import data_app
 from ganscale.data.synth import EYE_RGB, HAIR_RGB, face_labels, iter_faces, write_synthetic
@@ -74,8 +73,10 @@ def test_label_colours_are_present_and_distinct():
 def test_cli_synth(tmp_path):
     app = typer.Typer()
     app.add_typer(data_app, name="data")
-    res = CliRunner().invoke(app, ["data", "synth", str(tmp_path / "s"), "--n", "10", "--size", "16",
-                                   "--seed", "3", "--no-progress"])
+    res = CliRunner().invoke(
+        app,
+        ["data", "synth", str(tmp_path / "s"), "--n", "10", "--size", "16", "--seed", "3", "--no-progress"],
+    )
     assert res.exit_code == 0, res.output
     assert "images/s" in res.output
     assert len(list((tmp_path / "s" / "images").glob("*.png"))) == 10

@@ -36,7 +36,9 @@ def synth(
 
 @data_app.command()
 def pack(
-    src: Annotated[Path, typer.Argument(help="Source folder (MLDS extra_data / faces, class folders, images).")],
+    src: Annotated[
+        Path, typer.Argument(help="Source folder (MLDS extra_data / faces, class folders, images).")
+    ],
     out: Annotated[Path, typer.Argument(help="Output folder for shards, dataset.json, rejects.jsonl.")],
     size: Annotated[int, typer.Option("--size", help="Output image size (centre crop + Lanczos).")] = 64,
     fmt: Annotated[str, typer.Option("--format", help="png or jpg.")] = "png",
@@ -54,14 +56,25 @@ def pack(
     """Pack images into WebDataset shards (+ dataset.json manifest, rejects.jsonl)."""
     from ganscale.data.pack import pack as run_pack
 
-    result = run_pack(src, out, size=size, fmt=fmt, per_shard=per_shard, layout=layout, name=name,
-                      unconditional=unconditional, progress=progress)
+    result = run_pack(
+        src,
+        out,
+        size=size,
+        fmt=fmt,
+        per_shard=per_shard,
+        layout=layout,
+        name=name,
+        unconditional=unconditional,
+        progress=progress,
+    )
     typer.echo(result.summary())
 
 
 @data_app.command()
 def inspect(
-    target: Annotated[str, typer.Argument(help="A packed folder, a brace pattern, shard URLs or a source folder.")],
+    target: Annotated[
+        str, typer.Argument(help="A packed folder, a brace pattern, shard URLs or a source folder.")
+    ],
     out: Annotated[Path, typer.Option("--out", help="Contact sheet PNG.")] = Path("contact_sheet.png"),
     n: Annotated[int, typer.Option("--n", help="Samples on the contact sheet.")] = 64,
 ) -> None:
@@ -72,10 +85,12 @@ def inspect(
     from ganscale.data.inspect_corpus import inspect_corpus
 
     ins = inspect_corpus(target, n=n)
-    con = Console()
-    con.print(f"{ins.source}: {ins.num_samples} samples, {ins.num_shards} shards, layout {ins.layout}"
-              + (f", {ins.image_size} px" if ins.image_size else "")
-              + (f", {ins.unlabelled} unlabelled" if ins.unlabelled else ""))
+    con = Console(soft_wrap=True)
+    con.print(
+        f"{ins.source}: {ins.num_samples} samples, {ins.num_shards} shards, layout {ins.layout}"
+        + (f", {ins.image_size} px" if ins.image_size else "")
+        + (f", {ins.unlabelled} unlabelled" if ins.unlabelled else "")
+    )
     if ins.rejects:
         con.print("rejected when packed: " + ", ".join(f"{k} {v}" for k, v in sorted(ins.rejects.items())))
     for attr, counts in ins.class_counts.items():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -28,7 +29,9 @@ def synthetic_per_shard(n: int) -> int:
     return max(1, n // 16)
 
 
-def ensure_synthetic_corpus(cache_dir: str | Path, n: int, size: int, seed: int, progress: bool = False) -> Path:
+def ensure_synthetic_corpus(
+    cache_dir: str | Path, n: int, size: int, seed: int, progress: bool = False
+) -> Path:
     """Build (once) and return the shard folder of the synthetic corpus (n, size, seed)."""
     cache_dir = Path(cache_dir)
     final = cache_dir / synthetic_corpus_name(n, size, seed)
@@ -41,13 +44,29 @@ def ensure_synthetic_corpus(cache_dir: str | Path, n: int, size: int, seed: int,
             return shards
         if final.exists():  # left by a crash before the manifest: never complete, rebuild
             shutil.rmtree(final)
+        if progress:
+            print(
+                f"building the built-in synthetic corpus ({n} images, {size} px, seed {seed}) in {final} "
+                "(once; reused afterwards)",
+                file=sys.stderr,
+            )
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=cache_dir))
         try:
             items = ((str(i), img, {"hair": h, "eyes": e}) for i, img, h, e in iter_faces(n, size, seed))
-            write_shards(items, tmp / "shards", attributes=dict(MLDS_ATTRIBUTES), size=size, fmt="png",
-                         per_shard=synthetic_per_shard(n), name="synth", layout="synthetic",
-                         source=f"ganscale data synth --n {n} --size {size} --seed {seed}", total=n,
-                         progress=progress)
+            write_shards(
+                items,
+                tmp / "shards",
+                attributes=dict(MLDS_ATTRIBUTES),
+                size=size,
+                fmt="png",
+                per_shard=synthetic_per_shard(n),
+                name="synth",
+                layout="synthetic",
+                source=f"ganscale data synth --n {n} --size {size} --seed {seed}",
+                total=n,
+                progress=progress,
+                png_level=1,  # a cache: fast to write, decodes as fast as level 6
+            )
             os.replace(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

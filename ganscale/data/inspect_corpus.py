@@ -35,8 +35,7 @@ class Inspection:
 
 def _is_raw_folder(target: str) -> bool:
     p = local_path(target)
-    return (p is not None and p.is_dir() and not (p / "dataset.json").is_file()
-            and not any(p.glob("*.tar")))
+    return p is not None and p.is_dir() and not (p / "dataset.json").is_file() and not any(p.glob("*.tar"))
 
 
 def inspect_corpus(target: str, n: int = 64, cell: int = 64) -> Inspection:
@@ -64,7 +63,7 @@ def inspect_corpus(target: str, n: int = 64, cell: int = 64) -> Inspection:
         total += 1
         if -1 in labels or not labels:
             unlabelled += 1
-        for (a, values), i in zip(info.attributes.items(), labels):
+        for (a, values), i in zip(info.attributes.items(), labels, strict=False):
             if i >= 0:
                 counts[a][values[i]] += 1
     if have_counts:
@@ -74,8 +73,18 @@ def inspect_corpus(target: str, n: int = 64, cell: int = 64) -> Inspection:
         class_counts = {a: {v: counts[a][v] for v in vals} for a, vals in info.attributes.items()}
         num = total
     sheet = contact_sheet(images, captions, cols=8, cell=cell) if images else None
-    return Inspection(target, str(m.get("layout", "shards")), num, info.num_shards, info.image_size,
-                      info.attributes, class_counts, unlabelled, dict(m.get("rejects", {})), sheet)
+    return Inspection(
+        target,
+        str(m.get("layout", "shards")),
+        num,
+        info.num_shards,
+        info.image_size,
+        info.attributes,
+        class_counts,
+        unlabelled,
+        dict(m.get("rejects", {})),
+        sheet,
+    )
 
 
 def _inspect_source_folder(folder: Path, n: int, cell: int) -> Inspection:
@@ -100,7 +109,15 @@ def _inspect_source_folder(folder: Path, n: int, cell: int) -> Inspection:
         captions.append(format_tags(labels, found.attributes) if labels else r.source_id)
     if not found.records:
         raise GanscaleError(f"no usable images in {folder}")
-    return Inspection(str(folder), found.layout, len(found.records), 0, 0, found.attributes,
-                      {a: {v: counts[a][v] for v in vals} for a, vals in found.attributes.items()},
-                      unlabelled, dict(Counter(r.reason for r in found.rejects)),
-                      contact_sheet(images, captions, cols=8, cell=cell) if images else None)
+    return Inspection(
+        str(folder),
+        found.layout,
+        len(found.records),
+        0,
+        0,
+        found.attributes,
+        {a: {v: counts[a][v] for v in vals} for a, vals in found.attributes.items()},
+        unlabelled,
+        dict(Counter(r.reason for r in found.rejects)),
+        contact_sheet(images, captions, cols=8, cell=cell) if images else None,
+    )

@@ -16,7 +16,14 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ganscale.data.vocab import EYE_COLOURS, HAIR_COLOURS, MLDS_ATTRIBUTES, TagError, normalise_words, parse_tags
+from ganscale.data.vocab import (
+    EYE_COLOURS,
+    HAIR_COLOURS,
+    MLDS_ATTRIBUTES,
+    TagError,
+    normalise_words,
+    parse_tags,
+)
 from ganscale.errors import GanscaleError
 
 LAYOUTS = ("mlds_extra", "mlds_faces", "classes", "plain")
@@ -72,8 +79,10 @@ def detect_layout(src: Path) -> str:
         return "plain"
     if any(_images_in(d) for d in src.iterdir() if d.is_dir() and not d.name.startswith(".")):
         return "classes"
-    raise GanscaleError(f"no images found in {src}; expected images/ + tags.csv, <id>.jpg + tags_clean.csv, "
-                        "class sub-folders or a folder of images")
+    raise GanscaleError(
+        f"no images found in {src}; expected images/ + tags.csv, <id>.jpg + tags_clean.csv, "
+        "class sub-folders or a folder of images"
+    )
 
 
 def scan(src: str | Path, layout: str | None = None, unconditional: bool = False) -> Scan:
@@ -83,7 +92,9 @@ def scan(src: str | Path, layout: str | None = None, unconditional: bool = False
     if layout not in LAYOUTS:
         raise GanscaleError(f"--layout {layout!r} is not one of {', '.join(LAYOUTS)}")
     if layout == "mlds_extra":
-        return _scan_tagged(src, layout, _images_in(src / "images"), src / "tags.csv", _extra_row, unconditional)
+        return _scan_tagged(
+            src, layout, _images_in(src / "images"), src / "tags.csv", _extra_row, unconditional
+        )
     if layout == "mlds_faces":
         images = _images_in(src) or _images_in(src / "faces")
         return _scan_tagged(src, layout, images, src / "tags_clean.csv", _faces_row, unconditional)
@@ -131,8 +142,9 @@ def _faces_row(rest: str) -> list[int]:
     return labels
 
 
-def _scan_tagged(src: Path, layout: str, images: dict[str, Path], csv_path: Path, parse_row,
-                 unconditional: bool) -> Scan:
+def _scan_tagged(
+    src: Path, layout: str, images: dict[str, Path], csv_path: Path, parse_row, unconditional: bool
+) -> Scan:
     out = Scan(layout, {} if unconditional else dict(MLDS_ATTRIBUTES))
     rows = _read_rows(csv_path)
     if unconditional:
@@ -166,15 +178,22 @@ def _scan_tagged(src: Path, layout: str, images: dict[str, Path], csv_path: Path
     for rid, path in images.items():
         labels = labelled.get(rid)
         if labels is None:
-            out.rejects.append(Reject("missing_tags", str(path.relative_to(src)),
-                                      f"no row for id {rid} in {csv_path.name} (kept only with --unconditional)"))
+            out.rejects.append(
+                Reject(
+                    "missing_tags",
+                    str(path.relative_to(src)),
+                    f"no row for id {rid} in {csv_path.name} (kept only with --unconditional)",
+                )
+            )
         elif labels:
-            out.records.append(Record(rid, path, dict(zip(MLDS_ATTRIBUTES, labels))))
+            out.records.append(Record(rid, path, dict(zip(MLDS_ATTRIBUTES, labels, strict=True))))
     return out
 
 
 def _scan_classes(src: Path, unconditional: bool) -> Scan:
-    folders = {d.name: _images_in(d) for d in sorted(src.iterdir()) if d.is_dir() and not d.name.startswith(".")}
+    folders = {
+        d.name: _images_in(d) for d in sorted(src.iterdir()) if d.is_dir() and not d.name.startswith(".")
+    }
     classes = [name for name, imgs in folders.items() if imgs]
     out = Scan("classes", {} if unconditional else {"class": classes})
     for ci, name in enumerate(classes):

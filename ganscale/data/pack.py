@@ -20,7 +20,7 @@ from typing import Any
 import webdataset as wds
 from PIL import Image
 
-from ganscale.data.layouts import Record, Reject, scan
+from ganscale.data.layouts import Reject, scan
 from ganscale.data.progress import progress_bar
 from ganscale.errors import GanscaleError
 
@@ -52,10 +52,10 @@ def fit_square(img: Image.Image, size: int) -> Image.Image:
     return img
 
 
-def encode(img: Image.Image, fmt: str) -> bytes:
+def encode(img: Image.Image, fmt: str, png_level: int = 6) -> bytes:
     buf = io.BytesIO()
     if fmt == "png":
-        img.save(buf, format="PNG", compress_level=6)
+        img.save(buf, format="PNG", compress_level=png_level)
     else:
         img.save(buf, format="JPEG", quality=95, subsampling=0)
     return buf.getvalue()
@@ -96,7 +96,7 @@ class ShardSink:
         fname = f"{self.name}-{len(self.shards):06d}.tar"
         self._file = open(self.out / (fname + ".partial"), "wb")  # noqa: SIM115 - closed in _close
         # mtime fixed: same input, same bytes.
-        self._writer = wds.TarWriter(self._file, encoder=False, mtime=0.0)
+        self._writer = wds.TarWriter(self._file, encoder=False, mtime=0)  # int: no PAX header per file
         self.shards.append({"url": fname, "num_samples": 0})
         self._count = 0
 
@@ -166,10 +166,22 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def write_shards(items: Iterable[tuple[str, Image.Image | Path, dict[str, int] | None]], out: str | Path, *,
-                 attributes: dict[str, list[str]], size: int, fmt: str = "png", per_shard: int = 1000,
-                 name: str = "data", layout: str = "", source: str = "", rejects: list[Reject] | None = None,
-                 total: int | None = None, progress: bool = False) -> PackResult:
+def write_shards(
+    items: Iterable[tuple[str, Image.Image | Path, dict[str, int] | None]],
+    out: str | Path,
+    *,
+    attributes: dict[str, list[str]],
+    size: int,
+    fmt: str = "png",
+    per_shard: int = 1000,
+    name: str = "data",
+    layout: str = "",
+    source: str = "",
+    rejects: list[Reject] | None = None,
+    total: int | None = None,
+    progress: bool = False,
+    png_level: int = 6,
+) -> PackResult:
     """Pack ``(source_id, image or path, labels)`` items into shards + manifest + rejects list.
 
     Paths are decoded here; an unreadable image becomes a reject (never fatal). Raises
@@ -209,8 +221,13 @@ def write_shards(items: Iterable[tuple[str, Image.Image | Path, dict[str, int] |
                         counts[a][i] += 1
                 else:
                     unlabelled += 1
-                sink.write({"__key__": sample_key(source_id, taken), fmt: encode(img, fmt),
-                            "json": json.dumps(meta, sort_keys=True).encode()})
+                sink.write(
+                    {
+                        "__key__": sample_key(source_id, taken),
+                        fmt: encode(img, fmt, png_level),
+                        "json": json.dumps(meta, sort_keys=True).encode(),
+                    }
+                )
         shards = sink.close()
     except BaseException:
         sink.abort()
@@ -220,8 +237,9 @@ def write_shards(items: Iterable[tuple[str, Image.Image | Path, dict[str, int] |
     kept = sum(s["num_samples"] for s in shards)
     result = PackResult(out, kept, len(shards), reasons)
     if kept == 0:
-        raise GanscaleError(f"no usable images in {source or out}: {result.summary().split('; ', 1)[-1]}; "
-                            f"see {out / REJECTS}")
+        raise GanscaleError(
+            f"no usable images in {source or out}: {result.summary().split('; ', 1)[-1]}; see {out / REJECTS}"
+        )
     manifest = {
         "format": "ganscale-webdataset",
         "version": FORMAT_VERSION,
@@ -235,7 +253,7 @@ def write_shards(items: Iterable[tuple[str, Image.Image | Path, dict[str, int] |
         "source": source,
         "attributes": attributes,
         "attribute_index": {a: {v: i for i, v in enumerate(vals)} for a, vals in attributes.items()},
-        "class_counts": {a: dict(zip(attributes[a], c)) for a, c in counts.items()},
+        "class_counts": {a: dict(zip(attributes[a], c, strict=True)) for a, c in counts.items()},
         "unlabelled": unlabelled,
         "rejects": dict(sorted(reasons.items())),
     }
@@ -243,18 +261,39 @@ def write_shards(items: Iterable[tuple[str, Image.Image | Path, dict[str, int] |
     return result
 
 
-def pack(src: str | Path, out: str | Path, *, size: int = 64, fmt: str = "png", per_shard: int = 1000,
-         layout: str | None = None, name: str = "data", unconditional: bool = False,
-         progress: bool = False) -> PackResult:
+def pack(
+    src: str | Path,
+    out: str | Path,
+    *,
+    size: int = 64,
+    fmt: str = "png",
+    per_shard: int = 1000,
+    layout: str | None = None,
+    name: str = "data",
+    unconditional: bool = False,
+    progress: bool = False,
+) -> PackResult:
     """Pack a source folder (layout detected unless given) into WebDataset shards."""
     if size < 4:
         raise GanscaleError(f"--size {size}: must be >= 4")
     found = scan(src, layout, unconditional)
     items: Iterator[tuple[str, Image.Image | Path, dict[str, int] | None]] = (
-        (r.source_id, r.path, r.labels) for r in found.records)
-    return write_shards(items, out, attributes=found.attributes, size=size, fmt=fmt, per_shard=per_shard,
-                        name=name, layout=found.layout, source=str(src), rejects=found.rejects,
-                        total=len(found.records), progress=progress)
+        (r.source_id, r.path, r.labels) for r in found.records
+    )
+    return write_shards(
+        items,
+        out,
+        attributes=found.attributes,
+        size=size,
+        fmt=fmt,
+        per_shard=per_shard,
+        name=name,
+        layout=found.layout,
+        source=str(src),
+        rejects=found.rejects,
+        total=len(found.records),
+        progress=progress,
+    )
 
 
 def read_manifest(folder: str | Path) -> dict[str, Any]:
@@ -262,12 +301,11 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
-        raise GanscaleError(f"{path} not found; pack the corpus with `ganscale data pack SRC {folder}`") from None
+        raise GanscaleError(
+            f"{path} not found; pack the corpus with `ganscale data pack SRC {folder}`"
+        ) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise GanscaleError(f"{path} is not valid JSON ({e}); re-run `ganscale data pack`") from None
     if not isinstance(data, dict) or "shards" not in data:
         raise GanscaleError(f"{path} has no 'shards' list; re-run `ganscale data pack`")
     return data
-
-
-_ = Record  # re-exported for callers that build records by hand

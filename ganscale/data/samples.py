@@ -1,7 +1,8 @@
-"""One WebDataset sample -> (uint8 HWC image, label indices): decoding, labels, augmentation."""
+"""One WebDataset sample -> (uint8 CHW image, label indices): decoding, labels, augmentation."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -71,10 +72,8 @@ def labels_of(sample: dict[str, Any], meta: dict[str, Any], attributes: dict[str
                     idx = _index(int(sample["cls"]), values)
         out.append(idx)
     if -1 in out and isinstance(meta.get("tags"), str):
-        try:
+        with contextlib.suppress(TagError):
             out = parse_tags(meta["tags"], attributes)
-        except TagError:
-            pass
     return out
 
 
@@ -111,4 +110,5 @@ def augment(img: Image.Image, rng: random.Random, hflip: bool, rotate_degrees: f
 
 
 def to_array(img: Image.Image) -> np.ndarray:
-    return np.asarray(img, dtype=np.uint8)
+    """uint8 CHW (so the batch converts to float contiguously, without a strided copy)."""
+    return np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1))

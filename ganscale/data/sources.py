@@ -14,7 +14,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import braceexpand
-import webdataset as wds
+from webdataset.gopen import gopen_schemes as _GOPEN_SCHEMES  # the module's dispatch table
 
 from ganscale.data.pack import MANIFEST, read_manifest
 from ganscale.errors import GanscaleError
@@ -66,7 +66,9 @@ def resolve(source: str | Path | list[str], *, allow_pipe: bool = True) -> Shard
     """Turn a folder / brace pattern / URL list into checked shard URLs."""
     items = [str(s) for s in source] if isinstance(source, (list, tuple)) else _split_list(str(source))
     if not items:
-        raise GanscaleError("data.path is empty; set it to a folder with dataset.json, a brace pattern or URLs")
+        raise GanscaleError(
+            "data.path is empty; set it to a folder with dataset.json, a brace pattern or URLs"
+        )
     if len(items) == 1:
         p = local_path(items[0])
         if p is not None and p.is_dir():
@@ -94,8 +96,9 @@ def _from_folder(folder: Path) -> ShardSource:
         return ShardSource(urls, sizes, m, origin=str(folder))
     tars = sorted(str(p) for p in folder.glob("*.tar"))
     if not tars:
-        raise GanscaleError(f"{folder} has neither {MANIFEST} nor *.tar shards; "
-                            f"run `ganscale data pack SRC {folder}` first")
+        raise GanscaleError(
+            f"{folder} has neither {MANIFEST} nor *.tar shards; run `ganscale data pack SRC {folder}` first"
+        )
     return ShardSource(tars, [count_local(t) for t in tars], None, origin=str(folder))
 
 
@@ -103,8 +106,10 @@ def _check_url(url: str, allow_pipe: bool) -> None:
     s = scheme_of(url)
     if s == "pipe":
         if not allow_pipe:
-            raise GanscaleError(f"shard URL {url!r} is a pipe: (it runs a shell command); "
-                                "set data.allow_pipe: true (--set data.allow_pipe=true) if you trust it")
+            raise GanscaleError(
+                f"shard URL {url!r} is a pipe: (it runs a shell command); "
+                "set data.allow_pipe: true (--set data.allow_pipe=true) if you trust it"
+            )
         return
     p = local_path(url)
     if p is not None:
@@ -125,18 +130,24 @@ def _register_fsspec(scheme: str, example: str) -> None:
         try:
             fsspec.get_filesystem_class(scheme)
         except ImportError as e:
-            raise GanscaleError(f"shard URL {example!r} needs an fsspec backend for {scheme}:// "
-                                f"that is not installed ({e})") from None
+            if scheme in _GOPEN_SCHEMES:  # e.g. https without aiohttp: webdataset's curl
+                return
+            raise GanscaleError(
+                f"shard URL {example!r} needs an fsspec backend for {scheme}:// that is not installed ({e})"
+            ) from None
         except ValueError:
             pass  # fsspec does not know it; webdataset may (curl, gsutil, ais ...)
         else:
+
             def gopen_fsspec(url: str, mode: str = "rb", bufsize: int = 8192, **kw: object):
                 return fsspec.open(url, mode).open()
 
-            wds.gopen.gopen_schemes[scheme] = gopen_fsspec
+            _GOPEN_SCHEMES[scheme] = gopen_fsspec
             return
-    if scheme not in wds.gopen.gopen_schemes:
-        raise GanscaleError(f"shard URL {example!r}: no reader for {scheme}:// (install fsspec and its backend)")
+    if scheme not in _GOPEN_SCHEMES:
+        raise GanscaleError(
+            f"shard URL {example!r}: no reader for {scheme}:// (install fsspec and its backend)"
+        )
 
 
 def count_local(path: str | Path) -> int:

@@ -26,15 +26,29 @@ RGB = tuple[int, int, int]
 
 # Colours picked to stay apart at 64 px (hue and lightness), checked on contact sheets.
 HAIR_RGB: dict[str, RGB] = {
-    "aqua": (40, 215, 215), "black": (34, 32, 40), "blonde": (250, 222, 100),
-    "blue": (35, 75, 215), "brown": (120, 66, 30), "gray": (135, 135, 140),
-    "green": (40, 160, 55), "orange": (250, 130, 20), "pink": (255, 145, 200),
-    "purple": (130, 50, 190), "red": (215, 25, 30), "white": (246, 246, 246),
+    "aqua": (40, 215, 215),
+    "black": (34, 32, 40),
+    "blonde": (250, 222, 100),
+    "blue": (35, 75, 215),
+    "brown": (120, 66, 30),
+    "gray": (135, 135, 140),
+    "green": (40, 160, 55),
+    "orange": (250, 130, 20),
+    "pink": (255, 145, 200),
+    "purple": (130, 50, 190),
+    "red": (215, 25, 30),
+    "white": (246, 246, 246),
 }
 EYE_RGB: dict[str, RGB] = {
-    "aqua": (30, 225, 220), "black": (20, 20, 24), "blue": (30, 70, 235),
-    "brown": (125, 65, 25), "green": (30, 175, 50), "orange": (255, 130, 0),
-    "pink": (255, 120, 200), "purple": (140, 40, 210), "red": (225, 20, 25),
+    "aqua": (30, 225, 220),
+    "black": (20, 20, 24),
+    "blue": (30, 70, 235),
+    "brown": (125, 65, 25),
+    "green": (30, 175, 50),
+    "orange": (255, 130, 0),
+    "pink": (255, 120, 200),
+    "purple": (140, 40, 210),
+    "red": (225, 20, 25),
     "yellow": (250, 225, 20),
 }
 SKIN_RGB: list[RGB] = [(255, 229, 212), (252, 218, 196), (244, 204, 178), (255, 236, 226), (236, 190, 160)]
@@ -107,8 +121,12 @@ def render_face(rng: random.Random, hair: int, eyes: int, size: int) -> Image.Im
 
     scale = w * rng.uniform(0.22, 0.27)
     tilt = math.radians(rng.uniform(-12, 12))
-    f = _Frame(w * (0.5 + rng.uniform(-0.06, 0.06)), w * (0.54 + rng.uniform(-0.05, 0.05)),
-               scale * math.cos(tilt), scale * math.sin(tilt))
+    f = _Frame(
+        w * (0.5 + rng.uniform(-0.06, 0.06)),
+        w * (0.54 + rng.uniform(-0.05, 0.05)),
+        scale * math.cos(tilt),
+        scale * math.sin(tilt),
+    )
     lw = max(1, round(w / 64))
 
     hair_c = _jitter(HAIR_RGB[HAIR_COLOURS[hair]], rng, 8)
@@ -122,7 +140,9 @@ def render_face(rng: random.Random, hair: int, eyes: int, size: int) -> Image.Im
     # Back hair: a dome over the head, falling to a length that varies (short .. long).
     length = rng.choice((0.9, 1.4, 2.0, 2.8))
     spread = rng.uniform(1.15, 1.35)
-    back = [(-spread * 0.97, length)] + _arc(0, -0.1, spread, 1.15, _N // 2, _N + 1) + [(spread * 0.97, length)]
+    back = (
+        [(-spread * 0.97, length)] + _arc(0, -0.1, spread, 1.15, _N // 2, _N + 1) + [(spread * 0.97, length)]
+    )
     d.polygon(f.pts(back), fill=hair_dark, outline=hair_line, width=lw)
     # Neck and face (round top, tapered chin).
     d.polygon(f.pts([(-0.3, 0.6), (0.3, 0.6), (0.33, 1.6), (-0.33, 1.6)]), fill=skin_dark)
@@ -158,8 +178,19 @@ def render_face(rng: random.Random, hair: int, eyes: int, size: int) -> Image.Im
     # Side locks, in front of the face sides.
     lock_len = rng.uniform(0.7, 1.6)
     for side in (-1, 1):
-        d.polygon(f.pts([(side * 1.05, -0.35), (side * 0.78, -0.1), (side * 0.9, lock_len),
-                         (side * 1.12, lock_len - 0.15)]), fill=hair_c, outline=hair_line, width=lw)
+        d.polygon(
+            f.pts(
+                [
+                    (side * 1.05, -0.35),
+                    (side * 0.78, -0.1),
+                    (side * 0.9, lock_len),
+                    (side * 1.12, lock_len - 0.15),
+                ]
+            ),
+            fill=hair_c,
+            outline=hair_line,
+            width=lw,
+        )
     # Fringe: dome cap over the forehead with a zig-zag of bangs; gaps and lengths vary.
     cap = [(-1.09, 0.05)] + _arc(0, -0.12, 1.1, 1.02, _N // 2, _N + 1) + [(1.09, 0.05)]
     tips = rng.randint(4, 7)

@@ -12,11 +12,30 @@ import re
 from ganscale.errors import GanscaleError
 
 HAIR_COLOURS: list[str] = [
-    "aqua", "black", "blonde", "blue", "brown", "gray",
-    "green", "orange", "pink", "purple", "red", "white",
+    "aqua",
+    "black",
+    "blonde",
+    "blue",
+    "brown",
+    "gray",
+    "green",
+    "orange",
+    "pink",
+    "purple",
+    "red",
+    "white",
 ]
 EYE_COLOURS: list[str] = [
-    "aqua", "black", "blue", "brown", "green", "orange", "pink", "purple", "red", "yellow",
+    "aqua",
+    "black",
+    "blue",
+    "brown",
+    "green",
+    "orange",
+    "pink",
+    "purple",
+    "red",
+    "yellow",
 ]
 MLDS_ATTRIBUTES: dict[str, list[str]] = {"hair": HAIR_COLOURS, "eyes": EYE_COLOURS}
 
@@ -56,7 +75,7 @@ def parse_tags(text: str, attributes: dict[str, list[str]]) -> list[int]:
     a missing attribute, two values for one attribute, or words that are not ``value attr``
     pairs. Never raises anything else.
     """
-    q = "\"" + _short(text) + "\""
+    q = '"' + _short(text) + '"'
     names = list(attributes)
     if not names:
         raise TagError(f"--tags {q}: this corpus is unconditional; sample without --tags", "unparsable_row")
@@ -71,25 +90,36 @@ def parse_tags(text: str, attributes: dict[str, list[str]]) -> list[int]:
         attr = word
         label = "colour" if attr in ("hair", "eyes") else "value"
         if not pending:
-            raise TagError(f"no {attr} {label} before {attr!r} in --tags {q}; "
-                                f"valid: {', '.join(vocab[attr])}", "unparsable_row")
+            raise TagError(
+                f"no {attr} {label} before {attr!r} in --tags {q}; valid: {', '.join(vocab[attr])}",
+                "unparsable_row",
+            )
         value = " ".join(pending)
         pending = []
         if value not in vocab[attr]:
-            raise TagError(f"unknown {attr} {label} {value!r} in --tags {q}; "
-                                f"valid: {', '.join(vocab[attr])}", "unknown_attribute")
+            raise TagError(
+                f"unknown {attr} {label} {value!r} in --tags {q}; valid: {', '.join(vocab[attr])}",
+                "unknown_attribute",
+            )
         if attr in found:
-            raise TagError(f"two {attr} {label}s in --tags {q}; give exactly one of: "
-                                f"{', '.join(vocab[attr])}", "ambiguous_attribute")
+            raise TagError(
+                f"two {attr} {label}s in --tags {q}; give exactly one of: {', '.join(vocab[attr])}",
+                "ambiguous_attribute",
+            )
         found[attr] = vocab[attr].index(value)
     if pending:
-        raise TagError(f"{' '.join(pending)!r} is not followed by an attribute name in --tags "
-                            f"{q}; write e.g. {_example(attributes)!r}", "unparsable_row")
+        raise TagError(
+            f"{' '.join(pending)!r} is not followed by an attribute name in --tags "
+            f"{q}; write e.g. {_example(attributes)!r}",
+            "unparsable_row",
+        )
     missing = [a for a in names if a not in found]
     if missing:
         a = missing[0]
-        raise TagError(f"no {a} in --tags {q}; add one of: {', '.join(vocab[a])} "
-                            f"(e.g. {_example(attributes)!r})", "missing_attribute")
+        raise TagError(
+            f"no {a} in --tags {q}; add one of: {', '.join(vocab[a])} (e.g. {_example(attributes)!r})",
+            "missing_attribute",
+        )
     return [found[a] for a in names]
 
 
@@ -100,6 +130,6 @@ def _example(attributes: dict[str, list[str]]) -> str:
 def format_tags(indices: list[int], attributes: dict[str, list[str]]) -> str:
     """Inverse of :func:`parse_tags`; -1 (unknown) is written as ``?``."""
     parts = []
-    for (attr, values), i in zip(attributes.items(), indices):
+    for (attr, values), i in zip(attributes.items(), indices, strict=False):
         parts.append(f"{values[i] if 0 <= i < len(values) else '?'} {attr}")
     return " ".join(parts)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -36,8 +37,14 @@ FEATURE_DIM = 256
 DEFAULT_SIZE = 32
 DEFAULT_WIDTH = 32
 DEFAULT_EPOCHS = 6
+MIN_STEPS = 120
 DEFAULT_MAX_IMAGES = 12000
 LOW_RES_PROB = 0.5  # chance that a training batch first passes through a lower resolution
+
+
+def as_unit_range(x: Tensor) -> Tensor:
+    """uint8 [0, 255] -> float [-1, 1]; float images pass through."""
+    return x.float().div(127.5).sub(1.0) if x.dtype == torch.uint8 else x
 
 
 def resize(x: Tensor, size: int) -> Tensor:
@@ -102,11 +109,12 @@ class Classifier:
 
     @torch.no_grad()
     def run(self, images: Tensor, batch_size: int = 256) -> tuple[Tensor, Tensor]:
-        """(features [N, 256] float32 cpu, predicted labels [N, A] long cpu) of images in [-1, 1]."""
+        """(features [N, 256] float32 cpu, predicted labels [N, A] long cpu) of images in [-1, 1]
+        (or uint8 in [0, 255], converted batch by batch to keep memory low)."""
         device = next(self.model.parameters()).device
         feats, preds = [], []
         for i in range(0, len(images), batch_size):
-            f = self.model.features(images[i : i + batch_size].to(device))
+            f = self.model.features(as_unit_range(images[i : i + batch_size].to(device)))
             feats.append(f.float().cpu())
             preds.append(torch.stack([lg.argmax(1) for lg in self.model.logits(f)], 1).cpu())
         if not feats:
@@ -153,7 +161,6 @@ def _fit(
     log: Any,
 ) -> None:
     gen = torch.Generator().manual_seed(seed)
-    batch_size = min(batch_size, len(data))
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     steps = epochs * max(1, len(data) // batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.15)
@@ -176,7 +183,8 @@ def _fit(
             opt.step()
             sched.step()
             total += float(loss.detach())
-        log(f"classifier epoch {epoch + 1}/{epochs}: loss {total / max(1, len(order) // batch_size):.3f}")
+        if (epoch + 1) % max(1, epochs // 6) == 0 or epoch + 1 == epochs:
+            log(f"classifier epoch {epoch + 1}/{epochs}: loss {total / max(1, len(order) // batch_size):.3f}")
     model.eval()
 
 
@@ -190,8 +198,8 @@ def _sha256(path: Path) -> str:
 
 def train_classifier(
     folder: str | Path,
-    size: int = DEFAULT_SIZE,
-    epochs: int = DEFAULT_EPOCHS,
+    size: int | None = None,
+    epochs: int | None = None,
     max_images: int = DEFAULT_MAX_IMAGES,
     width: int = DEFAULT_WIDTH,
     batch_size: int = 64,
@@ -224,7 +232,14 @@ def train_classifier(
     held = read_corpus(
         folder, native, keys=spread_keys([k for k in keys if is_held_out(k)], max(256, max_images // 4))
     )
-    log(f"classifier: {len(train)} train / {len(held)} held-out images of {folder} at {native} px")
+    size = size or min(DEFAULT_SIZE, native)
+    batch_size = min(batch_size, len(train))
+    if epochs is None:  # small corpora get more passes: at least MIN_STEPS optimizer steps
+        epochs = max(DEFAULT_EPOCHS, math.ceil(MIN_STEPS / max(1, len(train) // batch_size)))
+    log(
+        f"classifier: {len(train)} train / {len(held)} held-out images of {folder} at {native} px, "
+        f"{size} px network, {epochs} epochs"
+    )
     device = torch.device(device)
     torch.manual_seed(seed)
     model = AttributeClassifier([len(v) for v in attributes.values()], size, width).to(device)

@@ -12,15 +12,40 @@ from ganscale.evaluation.classifier import DEFAULT_EPOCHS, DEFAULT_MAX_IMAGES, D
 classifier_app = typer.Typer(no_args_is_help=True)
 
 
+def resolve_corpus_arg(path: Path) -> Path:
+    """A corpus folder as given; a YAML config or a run folder (config.yaml) -> its corpus."""
+    from ganscale.config import load_config
+    from ganscale.evaluation.corpus_images import corpus_folder
+
+    config = path if path.suffix in (".yaml", ".yml") else path / "config.yaml"
+    if (path / "dataset.json").is_file() or not config.is_file():
+        return path
+    cfg = load_config(config)
+    return corpus_folder(cfg.data, cfg.model.image_size)
+
+
 @classifier_app.command("train")
 def classifier_train(
     corpus: Annotated[
-        Path, typer.Argument(help="Corpus folder (with dataset.json), e.g. from `ganscale data pack`.")
+        Path,
+        typer.Argument(
+            help="Corpus folder (with dataset.json), or a config/run folder whose corpus to use "
+            "(e.g. configs/quickstart.yaml for the built-in corpus it trains on)."
+        ),
     ],
     size: Annotated[
-        int, typer.Option("--size", help="Classifier input size in px (a power of two).")
-    ] = DEFAULT_SIZE,
-    epochs: Annotated[int, typer.Option("--epochs", help="Passes over the train split.")] = DEFAULT_EPOCHS,
+        Optional[int],  # noqa: UP045 - typer needs Optional here
+        typer.Option(
+            "--size", help=f"Network input size in px (default: the corpus's, at most {DEFAULT_SIZE})."
+        ),
+    ] = None,
+    epochs: Annotated[
+        Optional[int],  # noqa: UP045 - typer needs Optional here
+        typer.Option(
+            "--epochs",
+            help=f"Passes over the train split (default {DEFAULT_EPOCHS}, more for small corpora).",
+        ),
+    ] = None,
     max_images: Annotated[
         int,
         typer.Option("--max-images", help="Train on at most this many images (a fixed hash-chosen subset)."),
@@ -36,7 +61,7 @@ def classifier_train(
     from ganscale.evaluation.evaluate import pick_device
 
     clf = train_classifier(
-        corpus,
+        resolve_corpus_arg(corpus),
         size=size,
         epochs=epochs,
         max_images=max_images,

@@ -27,8 +27,10 @@ METRIC_DIRECTIONS: dict[str, str] = {
 class EvalConfig:
     """Quality metrics during training (attribute accuracy, FID/KID, precision/recall)."""
 
-    every: int = 0
-    """Evaluate the EMA generator every N steps (0 = off), across all ranks."""
+    every: int = -1
+    """Evaluate the EMA generator every N steps, across all ranks: -1 = with every checkpoint
+    (checkpoint.every, and at the end), 0 = off. On by default so ``best`` exists: ACGAN runs
+    often peak and then collapse."""
     n: int = 1000
     """Generated images per evaluation (split over ranks); real statistics use as many."""
     metric: Literal[
@@ -48,14 +50,22 @@ class EvalConfig:
     never downloaded."""
 
     def __post_init__(self) -> None:
-        if self.every < 0:
-            raise ConfigError(f"config key eval.every: must be >= 0, got {self.every}")
+        if self.every < -1:
+            raise ConfigError(
+                f"config key eval.every: must be -1 (with checkpoints), 0 (off) or > 0, got {self.every}"
+            )
         if self.n < 8:
             raise ConfigError(f"config key eval.n: must be >= 8, got {self.n}")
         if self.metric not in METRIC_DIRECTIONS:
             raise ConfigError(
                 f"config key eval.metric: {self.metric!r} is not one of {', '.join(METRIC_DIRECTIONS)}"
             )
+
+
+def eval_interval(cfg: Any) -> int:
+    """Steps between training-time evaluations (0 = off), resolving -1 to checkpoint.every."""
+    every = eval_config_of(cfg).every
+    return cfg.checkpoint.every if every == -1 else every
 
 
 def eval_config_of(cfg: Any) -> EvalConfig:

@@ -115,7 +115,7 @@ def read_corpus(
     Decoding matches the training loader (Lanczos to ``size`` when the shard's size differs),
     without augmentation.
     """
-    from ganscale.data.samples import decode_image, image_bytes, labels_of, sample_meta, to_array
+    from ganscale.data.samples import decode_image, image_bytes, labels_of, sample_meta
 
     if split not in ("train", "held_out", "all"):
         raise ValueError(f"split must be train, held_out or all, got {split!r}")
@@ -133,7 +133,7 @@ def read_corpus(
         if split != "all" and is_held_out(key) != (split == "held_out"):
             continue
         img = decode_image(image_bytes(sample), size)
-        images.append(to_array(img))
+        images.append(np.asarray(img, dtype=np.uint8))  # HWC
         labels.append(labels_of(sample, sample_meta(sample), attributes) if attributes else [])
         found.append(key)
     if not found:

@@ -156,3 +156,65 @@ class TrainingEvaluator:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("metric") == self.metric:  # a changed eval.metric starts a fresh best
             self.best, self.best_step = state.get("best"), state.get("best_step")
+
+
+class TrainingEvalHook:
+    """All the trainer needs, in one object: ``TrainingEvalHook.build(trainer)`` once (None when
+    eval is off), then ``hook.after_step(step, final)`` after every step, on every rank.
+
+    It evaluates the EMA generator every ``eval.every`` steps (and at the last step), writes the
+    metrics to ``metrics.jsonl`` and the tracker, and with ``eval.keep_best`` exports the best
+    generator so far to ``RUN/best/`` (plus ``RUN/best/best.json``: step, metric, value).
+    ``state_dict``/``load_state_dict`` carry the best value across a resume.
+    """
+
+    def __init__(self, trainer: Any, every: int) -> None:
+        from ganscale.evaluation.corpus_images import corpus_folder
+
+        cfg, rt = trainer.cfg, trainer.rt
+        self.trainer, self.every, self.cfg = trainer, every, eval_config_of(cfg)
+        folder = corpus_folder(cfg.data, cfg.model.image_size)
+        self.evaluator = TrainingEvaluator(cfg, trainer.attributes, folder, rt.device, rt.rank, rt.world_size)
+
+    @classmethod
+    def build(cls, trainer: Any) -> TrainingEvalHook | None:
+        from ganscale.evaluation.config import eval_interval
+
+        every = eval_interval(trainer.cfg)
+        return cls(trainer, every) if every > 0 else None
+
+    def after_step(self, step: int, final: bool = False) -> dict[str, float] | None:
+        if step % self.every and not final:
+            return None
+        t = self.trainer
+        metrics = self.evaluator.evaluate(t.ema.shadow, step, t.rt)
+        t.metrics.write({"step": step, **{k: round(v, 6) for k, v in metrics.items()}})
+        t.tracker.log(metrics, step=step)
+        if self.cfg.keep_best and self.evaluator.is_better(metrics, step) and t.rt.is_main:
+            self.export_best(step, metrics)
+        return metrics
+
+    def export_best(self, step: int, metrics: dict[str, float]) -> Path:
+        import json
+
+        from ganscale.export import export_generator
+
+        t = self.trainer
+        best = Path(t.run_dir) / "best"
+        export_generator(t.ema.shadow, t.meta, best)
+        info = {
+            "step": step,
+            "metric": self.evaluator.metric,
+            "value": self.evaluator.best,
+            "metrics": metrics,
+        }
+        tmp = best / ".best.json.tmp"
+        tmp.write_text(json.dumps(info, indent=1) + "\n")
+        tmp.replace(best / "best.json")
+        return best
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.evaluator.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.evaluator.load_state_dict(state)

@@ -54,7 +54,7 @@ def inception_path(configured: str | Path | None = None) -> Path | None:
 
 
 class InceptionFeatures:
-    """A loaded TorchScript Inception; ``__call__(images in [-1, 1]) -> [N, D] float32 cpu``."""
+    """A loaded TorchScript Inception; ``__call__(images in [-1, 1] or uint8) -> [N, D] float32 cpu``."""
 
     def __init__(self, path: Path, device: str | torch.device = "cpu") -> None:
         self.path = Path(path)
@@ -86,7 +86,8 @@ class InceptionFeatures:
     def __call__(self, images: Tensor, batch_size: int = 64) -> Tensor:
         out = []
         for i in range(0, len(images), batch_size):
-            f = self._call(images[i : i + batch_size].to(self.device).float())
+            x = images[i : i + batch_size].to(self.device)
+            f = self._call(x.float().div(127.5).sub(1.0) if x.dtype == torch.uint8 else x.float())
             out.append(f.reshape(f.shape[0], -1).float().cpu())
         return torch.cat(out)
 

@@ -1,0 +1,242 @@
+"""`ganscale eval` on a tiny trained run, and the training-time evaluator."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO
+from PIL import Image
+from typer.testing import CliRunner
+
+from ganscale.config import load_config
+from ganscale.evaluation.config import EvalConfig
+from ganscale.evaluation.corpus_images import corpus_folder
+from ganscale.evaluation.during_training import TrainingEvaluator
+from ganscale.evaluation.evaluate import evaluate_run
+from ganscale.evaluation.features import INCEPTION_ENV
+from ganscale.export import load_generator
+from ganscale.runtime import Runtime
+from ganscale.trainer import train
+
+pytestmark = pytest.mark.slow
+
+SPACE_KEYS = {
+    f"{m}_{s}" for m in ("fid", "kid", "precision", "recall") for s in ("classifier", "inception")
+} | {
+    "kid_classifier_std",
+    "kid_inception_std",
+}
+TOP_KEYS = {
+    "format", "run", "generator", "n", "image_size", "seed", "corpus", "classifier", "accuracy",
+    "real_accuracy", "confusion_matrices", "confusion_counts", "inception", "real_vs_real", "real_cache",
+    "seconds",
+} | SPACE_KEYS  # fmt: skip
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()  # see test_eval_classifier.py: 10x faster on a shared CPU
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, corpus_cache):
+    run = tmp_path_factory.mktemp("eval") / "run"
+    cfg = load_config(REPO / "configs/tiny.yaml", [f"data.cache_dir={corpus_cache}"])
+    train(cfg, run)
+    return run
+
+
+@pytest.fixture(autouse=True)
+def no_inception(monkeypatch):
+    monkeypatch.delenv(INCEPTION_ENV, raising=False)
+
+
+def test_eval_writes_eval_json_with_every_field(run, tmp_path):
+    out = tmp_path / "e" / "eval.json"
+    result = evaluate_run(run, n=48, out=out, log=lambda *_: None)
+    written = json.loads(out.read_text())
+    assert set(written) == TOP_KEYS and written == json.loads(json.dumps(result))
+    assert written["n"] == 48 and written["image_size"] == 16
+    for acc in (written["accuracy"], written["real_accuracy"], written["classifier"]["held_out_accuracy"]):
+        assert set(acc) == {"hair", "eyes", "joint"} and all(0 <= v <= 1 for v in acc.values())
+    for key in ("fid_classifier", "kid_classifier", "precision_classifier", "recall_classifier"):
+        assert isinstance(written[key], float), key
+        assert isinstance(written["real_vs_real"][key], float), key
+    assert written["fid_classifier"] >= 0 and 0 <= written["precision_classifier"] <= 1
+    # a 6-step GAN is far from the data: further than one real half from the other
+    assert written["fid_classifier"] > written["real_vs_real"]["fid_classifier"]
+    assert written["real_vs_real"]["n"] == 48
+    # no Inception weights: the inception fields are null and the one-line message says how
+    assert all(written[k] is None for k in SPACE_KEYS if k.endswith(("inception", "inception_std")))
+    message = written["inception"]["message"]
+    assert not written["inception"]["available"] and "\n" not in message and INCEPTION_ENV in message
+    for attr, name in written["confusion_matrices"].items():
+        png = out.parent / name
+        assert Image.open(png).size[0] > 100, png
+        counts = torch.tensor(written["confusion_counts"][attr])
+        assert int(counts.sum()) == 48 and counts.shape[0] == counts.shape[1]
+    assert set(written["confusion_matrices"]) == {"hair", "eyes"}
+    # the real features were cached per corpus; a second run reads them and agrees
+    cache = [Path(p) for p in written["real_cache"]]
+    assert cache and all(p.suffix == ".safetensors" and p.is_file() for p in cache)
+    again = evaluate_run(run, n=48, out=tmp_path / "again.json", log=lambda *_: None)
+    assert again["real_vs_real"] == written["real_vs_real"]
+    assert again["fid_classifier"] == pytest.approx(written["fid_classifier"])
+
+
+def test_eval_cli_prints_the_inception_message_once(run, tmp_path):
+    from ganscale.cli import _register_groups, app
+
+    _register_groups()
+    out = tmp_path / "cli.json"
+    result = CliRunner().invoke(app, ["eval", str(run), "--n", "32", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert out.is_file() and (tmp_path / "confusion-hair.png").is_file()
+    assert result.output.count("Inception FID/KID skipped") == 1
+    assert "attribute accuracy" in result.output and "real-vs-real" in result.output
+
+
+class _TinyInception(torch.nn.Module):
+    def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
+        return torch.cat([x.mean((2, 3)), x.amax((2, 3)), x.std((2, 3))], 1)
+
+
+def test_eval_with_local_inception_fills_the_inception_fields(run, tmp_path, monkeypatch):
+    path = tmp_path / "inception.pt"
+    torch.jit.script(_TinyInception()).save(str(path))
+    monkeypatch.setenv(INCEPTION_ENV, str(path))
+    result = evaluate_run(run, n=32, out=tmp_path / "i.json", log=lambda *_: None)
+    assert result["inception"]["available"] and result["inception"]["path"] == str(path)
+    assert isinstance(result["fid_inception"], float) and isinstance(
+        result["real_vs_real"]["fid_inception"], float
+    )
+
+
+def _evaluator(run):
+    cfg = load_config(run / "config.yaml")
+    cfg.eval = EvalConfig(n=64)  # until Config has an eval section, the evaluator reads it from here
+    G, meta = load_generator(run)
+    folder = corpus_folder(cfg.data, cfg.model.image_size)
+    return cfg, G, meta, folder
+
+
+def test_training_evaluator_scores_and_tracks_best(run):
+    cfg, G, meta, folder = _evaluator(run)
+    ev = TrainingEvaluator(cfg, meta["attributes"], folder, "cpu", log=lambda *_: None)
+    rt = Runtime()  # one process: the real single-rank collectives
+    m1 = ev.evaluate(G, 6, rt)
+    assert {
+        "eval/acc/hair",
+        "eval/acc/eyes",
+        "eval/acc_joint",
+        "eval/fid_classifier",
+        "eval/kid_classifier",
+        "eval/precision_classifier",
+        "eval/recall_classifier",
+    } <= set(m1)
+    assert all(isinstance(v, float) for v in m1.values())
+    m2 = ev.evaluate(G, 7, rt)
+    assert m2["eval/fid_classifier"] == m1["eval/fid_classifier"]  # fixed z and conditions
+    assert ev.is_better(m1, 6) and not ev.is_better(m2, 7)
+    assert ev.is_better({"eval/fid_classifier": m1["eval/fid_classifier"] / 2}, 8)
+    assert not ev.is_better({"eval/fid_classifier": float("nan")}, 9)
+    state = ev.state_dict()
+    assert state["best_step"] == 8
+    fresh = TrainingEvaluator(cfg, meta["attributes"], folder, "cpu", log=lambda *_: None)
+    fresh.load_state_dict(state)
+    assert not fresh.is_better(m1, 10)
+
+
+class _ThreadGather:
+    """all_gather_object across threads standing in for ranks (a barrier and a shared list)."""
+
+    def __init__(self, world: int) -> None:
+        self.world, self.slots, self.barrier = world, [None] * world, threading.Barrier(world)
+
+    def rank_view(self, rank: int):
+        outer = self
+
+        class View:
+            def all_gather_object(self, obj):
+                outer.barrier.wait()
+                outer.slots[rank] = obj
+                outer.barrier.wait()
+                out = list(outer.slots)
+                outer.barrier.wait()
+                return out
+
+        return View()
+
+
+def test_training_evaluator_gives_the_same_numbers_on_two_ranks(run):
+    cfg, G, meta, folder = _evaluator(run)
+    single = TrainingEvaluator(cfg, meta["attributes"], folder, "cpu", log=lambda *_: None).evaluate(
+        G, 1, Runtime()
+    )
+    gather = _ThreadGather(2)
+    results = [None, None]
+    evs = [TrainingEvaluator(cfg, meta["attributes"], folder, "cpu", rank=r, world_size=2) for r in range(2)]
+    Gs = [G, load_generator(run)[0]]
+
+    def work(r):
+        results[r] = evs[r].evaluate(Gs[r], 1, gather.rank_view(r))
+
+    threads = [threading.Thread(target=work, args=(r,)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert results[0] == results[1]
+    for k in single:
+        if k != "eval/seconds":
+            assert results[0][k] == pytest.approx(single[k], rel=1e-5, abs=1e-6), k
+
+
+def test_training_hook_logs_metrics_and_keeps_best(tmp_path, corpus_cache):
+    from ganscale.evaluation.during_training import TrainingEvalHook
+    from ganscale.export import find_export
+    from ganscale.runtime import build_runtime
+    from ganscale.tracking import MetricsFile, NullTracker, read_metrics
+    from ganscale.trainer import Trainer
+
+    cfg = load_config(REPO / "configs/tiny.yaml", [f"data.cache_dir={corpus_cache}"])
+    cfg.eval = EvalConfig(every=2, n=32)
+    run = tmp_path / "hook"
+    run.mkdir()
+    rt = build_runtime(cfg)
+    try:
+        trainer = Trainer(cfg, run, rt)
+        trainer.metrics, trainer.tracker = MetricsFile(run / "metrics.jsonl"), NullTracker()
+        hook = TrainingEvalHook.build(trainer)
+        assert hook.after_step(1) is None
+        first = hook.after_step(2)
+        assert first is not None and (run / "best" / "generator.safetensors").is_file()
+        assert json.loads((run / "best" / "best.json").read_text())["step"] == 2
+        assert find_export(run)[0] == run / "best" / "generator.safetensors"  # `ganscale sample RUN` uses it
+        hook.after_step(3, final=True)  # same G, same z: not better, best stays at step 2
+        assert json.loads((run / "best" / "best.json").read_text())["step"] == 2
+        trainer.metrics.close()
+        rows = [r for r in read_metrics(run / "metrics.jsonl") if "eval/fid_classifier" in r]
+        assert [r["step"] for r in rows] == [2, 3]
+        assert hook.state_dict()["best_step"] == 2
+    finally:
+        rt.end()
+    cfg.eval = EvalConfig(every=0)
+    assert TrainingEvalHook.build(type("T", (), {"cfg": cfg})()) is None
+
+
+def test_eval_of_an_unconditional_run_has_no_accuracy(tmp_path, corpus_cache):
+    run = tmp_path / "uncond"
+    over = [f"data.cache_dir={corpus_cache}", "model.conditional=false", "train.max_steps=2"]
+    cfg = load_config(REPO / "configs/tiny.yaml", over)
+    train(cfg, run)
+    result = evaluate_run(run, n=32, log=lambda *_: None)
+    assert result["accuracy"] is None and result["confusion_matrices"] == {}
+    assert isinstance(result["fid_classifier"], float) and (run / "eval.json").is_file()
