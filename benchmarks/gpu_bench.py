@@ -38,19 +38,45 @@ VARIANTS = {
     "bf16": ["train.mixed_precision=bf16"],
     "bf16+channels_last": ["train.mixed_precision=bf16", "train.channels_last=true"],
     "+compile": ["train.mixed_precision=bf16", "train.channels_last=true", "train.compile=true"],
-    "+no step sync": ["train.mixed_precision=bf16", "train.channels_last=true", "train.compile=true",
-                      "faults.nan_policy=rollback", "faults.check_every=50", "checkpoint.every=2000"],
-    "+reduce-overhead": ["train.mixed_precision=bf16", "train.channels_last=true", "train.compile=true",
-                         "train.compile_mode=reduce-overhead", "faults.nan_policy=rollback",
-                         "faults.check_every=50", "checkpoint.every=2000"],
+    "+no step sync": [
+        "train.mixed_precision=bf16",
+        "train.channels_last=true",
+        "train.compile=true",
+        "faults.nan_policy=rollback",
+        "faults.check_every=50",
+        "checkpoint.every=2000",
+    ],
+    "+reduce-overhead": [
+        "train.mixed_precision=bf16",
+        "train.channels_last=true",
+        "train.compile=true",
+        "train.compile_mode=reduce-overhead",
+        "faults.nan_policy=rollback",
+        "faults.check_every=50",
+        "checkpoint.every=2000",
+    ],
 }
 COMMON = ["optim.impl=auto", "train.compile=false", "train.channels_last=false"]
 
 
 def bench(config: str, overrides: list[str], args: argparse.Namespace, *extra: str) -> dict:
     """One `ganscale bench` in a subprocess; its JSON line (or an error row)."""
-    cmd = [sys.executable, "-m", "ganscale", "bench", str(REPO / config), "--steps", str(args.steps),
-           "--warmup", str(args.warmup), "--repeats", str(args.repeats), *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "ganscale",
+        "bench",
+        str(REPO / config),
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--repeats",
+        str(args.repeats),
+        "--threads",
+        str(args.threads),
+        *extra,
+    ]
     for o in [*COMMON, f"data.cache_dir={args.cache_dir}", *overrides]:
         cmd += ["--set", o]
     t0 = time.perf_counter()
@@ -71,9 +97,12 @@ def bench(config: str, overrides: list[str], args: argparse.Namespace, *extra: s
 
 
 def section_models(args: argparse.Namespace) -> list[str]:
-    out = [f"## Models at batch {args.batch} (ratio: to the plain fp32 loop)", "",
-           "| model | variant | img/s | ms/step | plain fp32 img/s | ratio | MFU | peak MB |",
-           "|---|---|---:|---:|---:|---:|---:|---:|"]
+    out = [
+        f"## Models at batch {args.batch} (ratio: to the plain fp32 loop)",
+        "",
+        "| model | variant | img/s | ms/step | plain fp32 img/s | ratio | MFU | peak MB |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for model, config in MODELS.items():
         for name, over in VARIANTS.items():
             r = bench(config, [*over, f"train.batch_size={args.batch}"], args, "--baseline-fp32")
@@ -82,8 +111,10 @@ def section_models(args: argparse.Namespace) -> list[str]:
                 out.append(f"| {model} | {name} | failed: {r['error'][:80]} | | | | | |")
                 continue
             mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "n/a"
-            out.append(f"| {model} | {name} | {r['images_per_s']:.0f} | {r['ms_per_step']:.1f} | "
-                       f"{r['baseline_images_per_s']:.0f} | {r['ratio']:.2f} | {mfu} | {r['peak_mem_mb']:.0f} |")
+            out.append(
+                f"| {model} | {name} | {r['images_per_s']:.0f} | {r['ms_per_step']:.1f} | "
+                f"{r['baseline_images_per_s']:.0f} | {r['ratio']:.2f} | {mfu} | {r['peak_mem_mb']:.0f} |"
+            )
     return out
 
 
@@ -92,7 +123,9 @@ def loader_rate(workers: int, args: argparse.Namespace) -> float:
     from ganscale.config import DataConfig
     from ganscale.data.loader import build_loader
 
-    cfg = DataConfig(source="synthetic", cache_dir=str(args.cache_dir), num_workers=workers)
+    cfg = DataConfig(
+        source="synthetic", cache_dir=str(args.cache_dir), synthetic_n=args.synthetic_n, num_workers=workers
+    )
     stream = build_loader(cfg, image_size=64, batch_size=64, seed=0, rank=0, world_size=1)
     it = iter(stream)
     for _ in range(3):  # worker start-up is not throughput
@@ -112,28 +145,41 @@ def section_loader(args: argparse.Namespace) -> list[str]:
     with (args.out / "results.jsonl").open("a") as f:
         f.write(json.dumps({"loader_images_per_s": {str(w): round(r) for w, r in rows.items()}}) + "\n")
     per_worker = max(rows[w] / w for w in rows if w > 0) if any(w > 0 for w in rows) else rows[0]
-    out = ["## Data loader (64 px, batch 64, PNG shards, flip + rotate)", "",
-           "| workers | img/s | img/s per worker |", "|---:|---:|---:|"]
+    out = [
+        "## Data loader (64 px, batch 64, PNG shards, flip + rotate)",
+        "",
+        "| workers | img/s | img/s per worker |",
+        "|---:|---:|---:|",
+    ]
     out += [f"| {w} | {r:.0f} | {r / w if w else r:.0f} |" for w, r in rows.items()]
     if args.best_rate:
         need = math.ceil(args.best_rate / per_worker)
-        out += ["", f"Fastest step measured: {args.best_rate:.0f} img/s -> about {need} workers "
-                f"({per_worker:.0f} img/s each) to feed it, on {cpus} CPU cores."]
+        out += [
+            "",
+            f"Fastest step measured: {args.best_rate:.0f} img/s -> about {need} workers "
+            f"({per_worker:.0f} img/s each) to feed it, on {cpus} CPU cores.",
+        ]
     return out
 
 
 def section_scaling(args: argparse.Namespace) -> list[str]:
     best = args.scaling_variant
     over = VARIANTS[best]
-    out = [f"## How cost grows (DCGAN, {best})", "", "| batch | px | img/s | ms/step | GFLOP/image |",
-           "|---:|---:|---:|---:|---:|"]
+    out = [
+        f"## How cost grows (DCGAN, {best})",
+        "",
+        "| batch | px | img/s | ms/step | GFLOP/image |",
+        "|---:|---:|---:|---:|---:|",
+    ]
     for batch, px in [(16, 64), (64, 64), (256, 64), (64, 32), (64, 128)]:
         r = bench(MODELS["dcgan"], [*over, f"train.batch_size={batch}", f"model.image_size={px}"], args)
         if "error" in r:
             out.append(f"| {batch} | {px} | failed: {r['error'][:60]} | | |")
             continue
-        out.append(f"| {batch} | {px} | {r['images_per_s']:.1f} | {r['ms_per_step']:.0f} | "
-                   f"{r['flops_per_image'] / 1e9:.2f} |")
+        out.append(
+            f"| {batch} | {px} | {r['images_per_s']:.1f} | {r['ms_per_step']:.0f} | "
+            f"{r['flops_per_image'] / 1e9:.2f} |"
+        )
     return out
 
 
@@ -146,7 +192,9 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--loader-batches", type=int, default=60)
+    ap.add_argument("--synthetic-n", type=int, default=20000, help="images in the loader's corpus")
     ap.add_argument("--scaling-variant", default="+compile", choices=list(VARIANTS))
+    ap.add_argument("--threads", type=int, default=0, help="torch threads per bench (0: default)")
     ap.add_argument("--cache-dir", type=Path, default=REPO / ".cache/ganscale")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)

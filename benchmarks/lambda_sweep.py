@@ -16,7 +16,10 @@ OUT/results.json and OUT/grids.png (one sample grid per cell: rows arch x head, 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -53,7 +56,12 @@ def run_cell(args: argparse.Namespace, arch: str, head: str, lam: str) -> dict:
         cmd += ["--set", o]
     print("$", " ".join(cmd), flush=True)
     t0 = time.perf_counter()
-    subprocess.run(cmd, cwd=REPO, check=True)
+    proc = subprocess.Popen(cmd, cwd=REPO, start_new_session=True)  # own group: see below
+    proc.wait()
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)  # a data-loader worker was seen to outlive the trainer
+    if proc.returncode:
+        raise SystemExit(f"{run.name}: training failed with exit code {proc.returncode}")
     train_s = time.perf_counter() - t0
     result = evaluate_run(run, n=args.n, out=done)
     info = {

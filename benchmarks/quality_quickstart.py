@@ -13,7 +13,9 @@ exit code 0 when both bars are met, 1 otherwise.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -32,7 +34,9 @@ def train_within(config: Path, out: Path, minutes: float, overrides: list[str]) 
         cmd += ["--set", o]
     print("$", " ".join(cmd), flush=True)
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=REPO)
+    # Own session: SIGTERM goes to the trainer alone (it must save and export); whatever it
+    # leaves behind afterwards (a data-loader worker was seen to outlive it) is reaped below.
+    proc = subprocess.Popen(cmd, cwd=REPO, start_new_session=True)
     stopped = False
     try:
         proc.wait(timeout=minutes * 60)
@@ -48,6 +52,8 @@ def train_within(config: Path, out: Path, minutes: float, overrides: list[str]) 
             proc.kill()
             proc.wait()
     seconds = time.perf_counter() - t0
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
     if proc.returncode not in (0, None) and not stopped:
         raise SystemExit(f"training failed with exit code {proc.returncode}")
     return seconds, stopped

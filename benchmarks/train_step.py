@@ -32,27 +32,70 @@ BEST_CPU = ["train.mixed_precision=bf16", "train.channels_last=true", "optim.imp
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default=str(REPO / "configs/dcgan.yaml"))
-    ap.add_argument("--precision", default="no", choices=["no", "bf16", "fp16"],
-                    help="precision of both sides (default fp32)")
-    ap.add_argument("--best-cpu", action="store_true",
-                    help="ganscale with its best CPU settings against the plain fp32 loop")
+    ap.add_argument(
+        "--precision",
+        default="no",
+        choices=["no", "bf16", "fp16"],
+        help="precision of both sides (default fp32)",
+    )
+    ap.add_argument(
+        "--best-cpu",
+        action="store_true",
+        help="ganscale with its best CPU settings against the plain fp32 loop",
+    )
     ap.add_argument("--steps", type=int, default=10, help="timed steps per side")
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: PyTorch's default)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="extra config override")
     args = ap.parse_args()
-    overrides = [*STUDY, "train.channels_last=false", "train.compile=false", "optim.impl=auto",
-                 f"train.mixed_precision={args.precision}", *args.overrides]
+    overrides = [
+        *STUDY,
+        "train.channels_last=false",
+        "train.compile=false",
+        "optim.impl=auto",
+        f"train.mixed_precision={args.precision}",
+        *args.overrides,
+    ]
     if args.best_cpu:
         overrides += BEST_CPU
     cfg = load_config(args.config, overrides)
-    opts = BenchOptions(steps=args.steps, warmup=args.warmup, repeats=args.steps, data="synthetic",
-                        baseline=True, baseline_fp32=args.best_cpu)
+    opts = BenchOptions(
+        steps=args.steps,
+        warmup=args.warmup,
+        repeats=args.steps,
+        data="synthetic",
+        baseline=True,
+        baseline_fp32=args.best_cpu,
+        threads=args.threads,
+    )
     result = run_bench(cfg, opts)
     print(format_result(result))
-    print(json.dumps({k: result[k] for k in (
-        "images_per_s", "baseline_images_per_s", "ratio", "ms_per_step", "baseline_ms_per_step",
-        "precision", "baseline_precision", "channels_last", "batch_size", "image_size", "device", "steps",
-        "images_per_s_per_round", "baseline_images_per_s_per_round")}))
+    print(
+        json.dumps(
+            {
+                k: result[k]
+                for k in (
+                    "images_per_s",
+                    "baseline_images_per_s",
+                    "ratio",
+                    "best_ratio",
+                    "paired_ratio",
+                    "cpu_ratio",
+                    "ms_per_step",
+                    "baseline_ms_per_step",
+                    "precision",
+                    "baseline_precision",
+                    "channels_last",
+                    "batch_size",
+                    "image_size",
+                    "device",
+                    "steps",
+                    "images_per_s_per_round",
+                    "baseline_images_per_s_per_round",
+                )
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

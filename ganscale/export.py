@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ganscale.config import Config, ModelConfig
+from ganscale.config import Config, config_from_dict
 from ganscale.errors import ConfigError, GanscaleError
 
 EXPORT_FORMAT = "ganscale-generator"
@@ -104,17 +104,24 @@ def load_generator(path: Path, device: str | torch.device = "cpu") -> tuple[nn.M
     if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
         raise GanscaleError(f"{meta_path}: not a ganscale generator description")
     try:
-        model_cfg = ModelConfig(**meta["model"])
+        # typed like a config file (z_dim: 1.0 or "8" is refused, not passed on to torch)
+        model_cfg = config_from_dict({"model": meta["model"]}).model
         attributes = meta["attributes"]
         num_classes = [len(v) for v in attributes.values()]
     except (KeyError, TypeError, AttributeError, ConfigError) as e:
         raise GanscaleError(f"{meta_path}: malformed generator description ({e})") from None
-    G = build_generator(model_cfg, num_classes)
+    # Shapes first, on the meta device (no memory): a garbled JSON (g_channels: 1000000) must be
+    # refused by the comparison, not by allocating a giant network (found by the export fuzz).
+    try:
+        with torch.device("meta"):
+            expected = build_generator(model_cfg, num_classes).state_dict()
+    except (ValueError, TypeError, RuntimeError, OverflowError) as e:  # e.g. g_channels: 1e308
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]  # torch adds C++ frames
+        raise GanscaleError(f"{meta_path}: malformed generator description ({first})") from None
     try:
         tensors = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as e:
         raise GanscaleError(f"{weights}: not a readable safetensors file ({e})") from None
-    expected = G.state_dict()
     missing = sorted(set(expected) - set(tensors))
     extra = sorted(set(tensors) - set(expected))
     shape = [k for k in expected if k in tensors and tuple(tensors[k].shape) != tuple(expected[k].shape)]
@@ -131,5 +138,6 @@ def load_generator(path: Path, device: str | torch.device = "cpu") -> tuple[nn.M
                 f"{tuple(expected[k].shape)}"
             )
         raise GanscaleError(f"{weights}: does not match {meta_path.name}: {'; '.join(parts)}")
+    G = build_generator(model_cfg, num_classes)
     G.load_state_dict(tensors)
     return G.to(device).eval().requires_grad_(False), meta

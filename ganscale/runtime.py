@@ -113,6 +113,11 @@ class Runtime:
         """The plain module (no DDP wrapper), e.g. D during the G step."""
         raise NotImplementedError
 
+    def gathered(self, net: str) -> contextlib.AbstractContextManager:
+        """Full parameters of ``net`` inside the block (collective). Only ZeRO-3 partitions
+        them; e.g. ``with rt.gathered("g"): ema.update()``."""
+        return contextlib.nullcontext()
+
     def set_lr(self, net: str, factor: float) -> None:
         for group in self.opt[net].param_groups:
             group["lr"] *= factor
@@ -176,8 +181,9 @@ class AccelerateRuntime(Runtime):
         # cpu=True without CUDA: otherwise, under torchrun (no ACCELERATE_USE_CPU), Accelerate on
         # a CPU-only machine makes every process "rank 0 of 1" (no gradient averaging, data not
         # split, every rank writing checkpoints).
-        self.accelerator = Accelerator(mixed_precision="no", kwargs_handlers=[ddp],
-                                       cpu=not torch.cuda.is_available())
+        self.accelerator = Accelerator(
+            mixed_precision="no", kwargs_handlers=[ddp], cpu=not torch.cuda.is_available()
+        )
         state = self.accelerator.state
         # Several CPU processes get device "cpu:0", which safetensors' load_file(device=...) rejects
         # (so every multi-process CPU resume failed); CPU has one device: call it "cpu".

@@ -9,10 +9,10 @@ Why two raw ``deepspeed.initialize`` engines, and not Accelerate:
   state, gradient reduction and (fp16) loss scaler, which is exactly one scaler per
   network. The catch is the G step: G's loss runs through D, so D must be frozen
   (``requires_grad_(False)``, which the trainer does around its G phase). Without that,
-  ZeRO-2 fails ("Gradient computed twice for this partition") and ZeRO-1 silently keeps
-  D's G-step gradients and adds them to the next D step. In the G phase the trainer calls
-  D through :meth:`DeepSpeedRuntime.module` (the engine's plain module), which stage 0
-  requires and stages 1-3 accept.
+  ZeRO-2 fails ("Gradient computed twice for this partition") and ZeRO-0/1 silently keep
+  D's G-step gradients and add them to the next D step (tests/test_deepspeed.py shows both).
+  In the G phase the trainer calls D through :meth:`DeepSpeedRuntime.module` (the engine's
+  plain module), which stage 0 requires and stages 1-3 accept.
 
 Precision: DeepSpeed's ``torch_autocast`` section, not its ``bf16``/``fp16`` sections.
 Those convert the module's weights and buffers to 16 bit: BatchNorm then fails with
@@ -37,6 +37,10 @@ also writes the full fp32 weights (``G.safetensors``, ``D.safetensors``) like th
 Accelerate backend, and the trainer exports the EMA generator as usual, so sampling never
 needs DeepSpeed. DeepSpeed's own files are torch pickles: only ``--resume`` of a DeepSpeed
 run reads them.
+
+ZeRO-3 partitions the weights themselves: the trainer's EMA of G (a deep copy of the live
+module, updated in place) then sees empty tensors. :meth:`gathered` gives the full weights
+for a block; the trainer has to build and update its EMA inside it (see the scaling notes).
 
 Everything DeepSpeed lives in this module; nothing else imports it.
 """
@@ -112,12 +116,16 @@ def _merge_user_config(built: dict[str, Any], path: Path) -> dict[str, Any]:
                 continue
             if v == "auto":
                 continue
-            if isinstance(v, dict) and isinstance(base.get(k), dict):
-                res[k] = merge(base[k], v, f"{prefix}{k}.")
+            if isinstance(v, dict):
+                sub = merge(base[k] if isinstance(base.get(k), dict) else {}, v, f"{prefix}{k}.")
+                if sub or k in base:
+                    res[k] = sub
                 continue
             if k in base and not isinstance(base[k], dict) and k in _OWNED and base[k] != v:
-                raise ConfigError(f"{path}: {prefix}{k} is {v!r} but the ganscale config gives "
-                                  f"{base[k]!r} ({_OWNED[k]}); write \"auto\" there")
+                raise ConfigError(
+                    f"{path}: {prefix}{k} is {v!r} but the ganscale config gives "
+                    f'{base[k]!r} ({_OWNED[k]}); write "auto" there'
+                )
             res[k] = v
         return res
 
@@ -154,8 +162,15 @@ def _init_process_group(device_type: str) -> None:
     if torch.distributed.is_initialized():
         return
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        os.environ.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
-                           "MASTER_PORT": os.environ.get("MASTER_PORT") or str(_free_port())})
+        os.environ.update(
+            {
+                "RANK": "0",
+                "WORLD_SIZE": "1",
+                "LOCAL_RANK": "0",
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": os.environ.get("MASTER_PORT") or str(_free_port()),
+            }
+        )
     backend = "nccl" if device_type == "cuda" else "gloo"
     deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
 
@@ -224,7 +239,9 @@ class DeepSpeedRuntime(Runtime):
                 G = nn.SyncBatchNorm.convert_sync_batchnorm(G)
                 D = nn.SyncBatchNorm.convert_sync_batchnorm(D)
             elif self.is_main:
-                warnings.warn("train.sync_batchnorm needs CUDA and several processes; ignored here", stacklevel=2)
+                warnings.warn(
+                    "train.sync_batchnorm needs CUDA and several processes; ignored here", stacklevel=2
+                )
         if cfg.train.compile and self.is_main:
             warnings.warn("train.compile is not applied under backend: deepspeed", stacklevel=2)
         G.to(self.device)
@@ -243,8 +260,11 @@ class DeepSpeedRuntime(Runtime):
         self.G, self.D = self.engines["g"], self.engines["d"]
         self.opt = {net: _EngineOptimizer(e) for net, e in self.engines.items()}  # type: ignore[misc]
         if cfg.deepspeed.zero_stage == 3 and self.is_main:
-            warnings.warn("ZeRO-3 partitions G's weights: the EMA and the sample grids need the trainer "
-                          "to gather them (see docs/scaling.md)", stacklevel=2)
+            warnings.warn(
+                "ZeRO-3 partitions G's weights: the EMA and the sample grids need the trainer "
+                "to gather them (see docs/scaling.md)",
+                stacklevel=2,
+            )
 
     def module(self, net: str) -> nn.Module:
         return self.engines[net].module
@@ -261,8 +281,11 @@ class DeepSpeedRuntime(Runtime):
         gradient norm DeepSpeed measured (or, for stage 0, the norm of the reduced grads)."""
         engine = self.engines[net]
         if self._backwards[net] % self.grad_accum != 0:
-            raise GanscaleError(f"step({net!r}) after {self._backwards[net]} backward calls; "
-                                f"expected a multiple of grad_accum={self.grad_accum}")
+            raise GanscaleError(
+                f"step({net!r}) after {self._backwards[net]} backward calls; "
+                f"expected a multiple of grad_accum={self.grad_accum}"
+            )
+        scale = self.loss_scale(net)  # fp16: gradients (and DeepSpeed's norm) are still scaled
         norm = None
         if not engine.zero_optimization():
             grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
@@ -271,7 +294,7 @@ class DeepSpeedRuntime(Runtime):
         if norm is None:
             value = engine.get_global_grad_norm()
             norm = torch.tensor(float(value) if value is not None else float("nan"))
-        return norm.detach().float().reshape(())
+        return (norm.detach().float() / scale).reshape(())
 
     def no_sync(self, net: str, enabled: bool) -> contextlib.AbstractContextManager:
         # The engines reduce at the boundary set in backward(); nothing to suspend here.
@@ -283,8 +306,9 @@ class DeepSpeedRuntime(Runtime):
 
     def _gradscaler(self, net: str) -> torch.amp.GradScaler | None:
         engine = self.engines[net]
-        return (getattr(engine.optimizer, "torch_autocast_gradscaler", None)
-                or getattr(engine, "torch_autocast_z0_gradscaler", None))
+        return getattr(engine.optimizer, "torch_autocast_gradscaler", None) or getattr(
+            engine, "torch_autocast_z0_gradscaler", None
+        )
 
     # ---- state ------------------------------------------------------------------------
     def save_training_state(self, folder: Path) -> None:
@@ -299,7 +323,9 @@ class DeepSpeedRuntime(Runtime):
             (folder / "deepspeed.json").write_text(json.dumps(meta))
             for net in NETS:
                 with self.gathered(net):
-                    save_file(_contiguous(self.module(net).state_dict()), str(folder / f"{net.upper()}.safetensors"))
+                    save_file(
+                        _contiguous(self.module(net).state_dict()), str(folder / f"{net.upper()}.safetensors")
+                    )
         else:
             for net in NETS:  # the gather is collective under ZeRO-3
                 with self.gathered(net):
@@ -308,24 +334,31 @@ class DeepSpeedRuntime(Runtime):
     def load_training_state(self, folder: Path) -> None:
         meta_path = folder / "deepspeed.json"
         if not meta_path.is_file():
-            raise GanscaleError(f"checkpoint {folder}: not written by backend: deepspeed (no deepspeed.json); "
-                                f"resume it with the backend that wrote it")
+            raise GanscaleError(
+                f"checkpoint {folder}: not written by backend: deepspeed (no deepspeed.json); "
+                f"resume it with the backend that wrote it"
+            )
         meta = json.loads(meta_path.read_text())
         stage = self.cfg.deepspeed.zero_stage
         if meta["zero_stage"] != stage:
-            raise GanscaleError(f"checkpoint {folder}: written with ZeRO stage {meta['zero_stage']}, this run "
-                                f"uses {stage}; add --set deepspeed.zero_stage={meta['zero_stage']}")
+            raise GanscaleError(
+                f"checkpoint {folder}: written with ZeRO stage {meta['zero_stage']}, this run "
+                f"uses {stage}; add --set deepspeed.zero_stage={meta['zero_stage']}"
+            )
         if stage == 3 and meta["world_size"] != self.world_size:
-            raise GanscaleError(f"checkpoint {folder}: ZeRO-3 partitions cannot be re-split from "
-                                f"{meta['world_size']} to {self.world_size} processes; resume on "
-                                f"{meta['world_size']} (ZeRO-0/1/2 checkpoints resume on any count)")
+            raise GanscaleError(
+                f"checkpoint {folder}: ZeRO-3 partitions cannot be re-split from "
+                f"{meta['world_size']} to {self.world_size} processes; resume on "
+                f"{meta['world_size']} (ZeRO-0/1/2 checkpoints resume on any count)"
+            )
         for net, engine in self.engines.items():
             path = folder / f"ds_{net.upper()}"
             if stage in (1, 2) and meta["world_size"] != self.world_size:
                 _load_zero12_elastic(engine, path, meta["world_size"])
             else:
-                load_path, _ = engine.load_checkpoint(str(path), tag=_TAG, load_optimizer_states=True,
-                                                      load_lr_scheduler_states=False)
+                load_path, _ = engine.load_checkpoint(
+                    str(path), tag=_TAG, load_optimizer_states=True, load_lr_scheduler_states=False
+                )
                 if load_path is None:
                     raise GanscaleError(f"checkpoint {folder}: DeepSpeed could not load {path}")
             self._backwards[net] = 0
@@ -393,15 +426,26 @@ def _load_zero12_elastic(engine: Any, path: Path, saved_world_size: int) -> None
     from deepspeed.checkpoint.constants import OPTIMIZER_STATE_DICT
 
     opt = engine.optimizer
-    steps = ("_load_global_state", "_restore_elastic_base_optimizer_state", "_restore_from_elastic_fp32_weights",
-             "_link_all_hp_params")
+    steps = (
+        "_load_global_state",
+        "_restore_elastic_base_optimizer_state",
+        "_restore_from_elastic_fp32_weights",
+        "_link_all_hp_params",
+    )
     missing = [s for s in steps if not hasattr(opt, s)]
     if missing:
-        raise GanscaleError(f"{path}: resuming on another process count needs DeepSpeed's ZeRO-1/2 elastic "
-                            f"restore ({', '.join(missing)} missing in this DeepSpeed version); resume on "
-                            f"{saved_world_size} processes")
-    load_path, _ = engine.load_checkpoint(str(path), tag=_TAG, load_module_only=True,
-                                          load_optimizer_states=False, load_lr_scheduler_states=False)
+        raise GanscaleError(
+            f"{path}: resuming on another process count needs DeepSpeed's ZeRO-1/2 elastic "
+            f"restore ({', '.join(missing)} missing in this DeepSpeed version); resume on "
+            f"{saved_world_size} processes"
+        )
+    load_path, _ = engine.load_checkpoint(
+        str(path),
+        tag=_TAG,
+        load_module_only=True,
+        load_optimizer_states=False,
+        load_lr_scheduler_states=False,
+    )
     if load_path is None:
         raise GanscaleError(f"{path}: DeepSpeed could not load the module weights")
     shards = []

@@ -55,8 +55,9 @@ class _Guarded(Tracker):
             fn(*args, **kwargs)
         except Exception as e:  # noqa: BLE001 - a tracker must never stop training
             self.broken = True
+            first = (str(e).strip().splitlines() or [""])[0][:300]  # e.g. pydantic's multi-line errors
             warnings.warn(
-                f"{self.name} failed ({type(e).__name__}: {e}); tracking is off for the rest "
+                f"{self.name} failed ({type(e).__name__}: {first}); tracking is off for the rest "
                 f"of this run, metrics.jsonl continues",
                 stacklevel=3,
             )

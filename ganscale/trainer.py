@@ -25,6 +25,7 @@ from ganscale import losses
 from ganscale.config import Config, save_config
 from ganscale.ema import EMA
 from ganscale.errors import GanscaleError
+from ganscale.evaluation.during_training import TrainingEvalHook
 from ganscale.export import export_generator, generator_meta
 from ganscale.images import make_grid, plot_losses, save_png
 from ganscale.monitors import HealthMonitor, HealthWarning
@@ -129,6 +130,7 @@ class Trainer:
         self.state = TrainState()
         self.meta = generator_meta(cfg, self.attributes)
         self.health = HealthMonitor(cfg.loss.adversarial)
+        self.eval_hook = TrainingEvalHook.build(self)  # None when eval.every == 0
         self._unchecked: torch.Tensor | None = None  # finite flag not yet read (faults.check_every)
 
     # ------------------------------------------------------------------ noise and data
@@ -305,6 +307,8 @@ class Trainer:
                     self._data_wait, t_log, seen_log = 0.0, now, self.state.images_seen
                 if cfg.log.sample_every and step % cfg.log.sample_every == 0:
                     self.write_samples(step)
+                if self.eval_hook is not None:  # every rank: metrics are computed across ranks
+                    self.eval_hook.after_step(step, final=self.done())
                 if cfg.checkpoint.every and step % cfg.checkpoint.every == 0 and not self.done():
                     self.save()
                 check = step % SIGNAL_CHECK_EVERY == 0 or rt.world_size == 1
@@ -459,6 +463,7 @@ class Trainer:
                 "world_size": rt.world_size,
                 "data": data_states,
                 "scalers": rt.scaler_state(),
+                "eval": self.eval_hook.state_dict() if self.eval_hook else None,
             }
             try:
                 ckpt.commit(self.run_dir, step, state, self.cfg.checkpoint.keep)
@@ -490,6 +495,8 @@ class Trainer:
         self.state.skipped_steps = state.get("skipped_steps", 0)
         self.state.rollbacks = state.get("rollbacks", 0)
         self.state.lr_factor = state.get("lr_factor", 1.0)
+        if self.eval_hook is not None and state.get("eval"):
+            self.eval_hook.load_state_dict(state["eval"])
         self.data.load_state_dict(_data_position(state["data"], self.rt.rank, self.rt.world_size))
         if self.rt.is_main:
             print(f"resumed from {folder} at step {self.state.step}", flush=True)

@@ -6,7 +6,9 @@ with D frozen) on tiny networks with BatchNorm, and writes what the test compare
 ``OUT/rank{r}.json`` and ``OUT/*.safetensors``.
 
     torchrun --nproc_per_node 2 tests/dist_worker.py equivalence OUT --stage 2 --steps 3
-    torchrun --nproc_per_node 2 tests/dist_worker.py resume OUT --stage 2
+    torchrun --nproc_per_node 2 tests/dist_worker.py resume OUT --stage 2 --save
+    torchrun --nproc_per_node 2 tests/dist_worker.py first_steps OUT --batch 4 --no-norm
+    torchrun --nproc_per_node 1 tests/dist_worker.py first_steps OUT --batch 8 --slots 2 --no-norm
 """
 
 from __future__ import annotations
@@ -29,12 +31,19 @@ from ganscale.config import config_from_dict  # noqa: E402
 Z = 8
 
 
+NORM = [True]  # BatchNorm in the tiny nets (off for batch-size equivalence: BN statistics aside)
+
+
+def _bn(c: int) -> nn.Module:
+    return nn.BatchNorm2d(c) if NORM[0] else nn.Identity()
+
+
 class TinyG(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.fc = nn.Linear(Z, 16 * 4 * 4, bias=False)  # no bias before BN: its gradient is ~0,
         # and Adam turns ~0 (rounding noise) into full-size steps that no tolerance survives
-        self.bn = nn.BatchNorm2d(16)
+        self.bn = _bn(16)
         self.up = nn.ConvTranspose2d(16, 3, 4, 2, 1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -46,7 +55,7 @@ class TinyD(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.conv = nn.Conv2d(3, 16, 4, 2, 1, bias=False)
-        self.bn = nn.BatchNorm2d(16)
+        self.bn = _bn(16)
         self.fc = nn.Linear(16 * 4 * 4, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -54,24 +63,43 @@ class TinyD(nn.Module):
 
 
 def make_cfg(backend: str, stage: int, batch: int, accum: int, precision: str = "no") -> object:
-    return config_from_dict({
-        "backend": backend,
-        "deepspeed": {"zero_stage": stage},
-        "train": {"batch_size": batch, "grad_accum": accum, "max_steps": 10, "mixed_precision": precision},
-        "optim": {"g_lr": 1e-3, "d_lr": 1e-3},
-    })
+    return config_from_dict(
+        {
+            "backend": backend,
+            "deepspeed": {"zero_stage": stage},
+            "train": {
+                "batch_size": batch,
+                "grad_accum": accum,
+                "max_steps": 10,
+                "mixed_precision": precision,
+            },
+            "optim": {"g_lr": 1e-3, "d_lr": 1e-3},
+        }
+    )
 
 
 # Data and noise depend on (step, slot), slot = rank * grad_accum + micro: 2 processes x 1
 # micro-batch and 1 process x 2 micro-batches see the same global batch, slot by slot.
+# With --slots K a micro-batch is K slots of batch/K samples (1 process x 2B = 2 slots of B).
+SLOTS = [1]
+
+
 def real_batch(step: int, slot: int, batch: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(1000 * step + slot)
-    return torch.rand(batch, 3, 8, 8, generator=g) * 2 - 1
+    k = SLOTS[0]
+    parts = []
+    for j in range(k):
+        g = torch.Generator().manual_seed(1000 * step + slot * k + j)
+        parts.append(torch.rand(batch // k, 3, 8, 8, generator=g) * 2 - 1)
+    return torch.cat(parts)
 
 
 def noise(step: int, phase: int, slot: int, batch: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(7_000_000 + 1000 * step + 100 * phase + slot)
-    return torch.randn(batch, Z, generator=g)
+    k = SLOTS[0]
+    parts = []
+    for j in range(k):
+        g = torch.Generator().manual_seed(7_000_000 + 1000 * step + 100 * phase + slot * k + j)
+        parts.append(torch.randn(batch // k, Z, generator=g))
+    return torch.cat(parts)
 
 
 def bce(logits: torch.Tensor, target: float) -> torch.Tensor:
@@ -107,7 +135,7 @@ def train_steps(rt, steps: int, first: int = 0, freeze_d: bool = True, report: d
         norm = rt.step("g")
         if report is not None:
             report.setdefault("g_norm", []).append(float(norm))
-            report.setdefault("g_loss", []).append(float(loss))
+            report.setdefault("g_loss", []).append(float(loss.detach()))
 
 
 def d_gradient_left(rt) -> float:
@@ -157,32 +185,72 @@ def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], params_only
 
 
 def equivalence(args: argparse.Namespace) -> dict:
-    """ZeRO-`stage` vs the Accelerate (DDP) backend, same seed, fp32, same data."""
+    """ZeRO stages vs the Accelerate (DDP) backend: same seed, fp32, same data."""
     report: dict = {}
     plain = build("accelerate", 0, args.batch, args.accum)
     train_steps(plain, args.steps)
     ref = weights(plain)
-    ds = build("deepspeed", args.stage, args.batch, args.accum, args.precision)
-    ds_report: dict = {}
-    train_steps(ds, args.steps, report=ds_report)
-    report["diff"] = max_diff(ref, weights(ds))
-    w = weights(ds)
-    report["per_key"] = {k: float((ref[k] - w[k]).abs().max()) for k in ref}
-    report["d_grads_after_g"] = ds_report["d_grads_after_g"]
-    report["g_norm"] = ds_report["g_norm"]
-    report["world_size"] = ds.world_size
-    if args.negative:
-        # Negative control: the same run without freezing D in the G step.
-        unfrozen = build("deepspeed", args.stage, args.batch, args.accum)
-        neg: dict = {}
-        try:
-            train_steps(unfrozen, args.steps, freeze_d=False, report=neg)
-            report["unfrozen_diff"] = max_diff(ref, weights(unfrozen))
-        except Exception as e:  # noqa: BLE001 - the error is the result (stage 2)
-            report["unfrozen_error"] = f"{type(e).__name__}: {e}"
-        unfrozen.engines = {}
-    torch.distributed.barrier()
-    ds.end()
+    for stage in args.stages:
+        ds = build("deepspeed", stage, args.batch, args.accum)
+        r: dict = {}
+        train_steps(ds, args.steps, report=r)
+        w = weights(ds)
+        r["diff"] = max_diff(ref, w)
+        r["per_key"] = {k: float((ref[k] - w[k]).abs().max()) for k in ref}
+        ds.engines = {}
+        if args.negative and stage > 0:
+            # Negative control: the same run without freezing D in the G step.
+            unfrozen = build("deepspeed", stage, args.batch, args.accum)
+            try:
+                train_steps(unfrozen, args.steps, freeze_d=False)
+                r["unfrozen_diff"] = max_diff(ref, weights(unfrozen))
+            except Exception as e:  # noqa: BLE001 - the error is the result (stage 2)
+                r["unfrozen_error"] = f"{type(e).__name__}: {e}"
+            unfrozen.engines = {}
+        report[f"stage{stage}"] = r
+        torch.distributed.barrier()
+    report["world_size"] = plain.world_size
+    plain.end()
+    return report
+
+
+def first_steps(args: argparse.Namespace) -> dict:
+    """`steps` steps on each backend; weights to OUT/first-{backend}-{world}.safetensors."""
+    from safetensors.torch import save_file
+
+    report: dict = {}
+    for backend in args.backends:
+        rt = build(backend, args.stage, args.batch, args.accum)
+        train_steps(rt, args.steps)
+        if rt.is_main:
+            save_file(weights(rt), str(Path(args.out) / f"first-{backend}-{rt.world_size}.safetensors"))
+        report["world_size"] = rt.world_size
+        rt.barrier()
+        if backend == "deepspeed":
+            rt.engines = {}
+    return report
+
+
+def data(args: argparse.Namespace) -> dict:
+    """The trainer's data path (runtime rank/world size -> build_loader): sample keys seen."""
+    from ganscale.config import DataConfig
+    from ganscale.data.loader import build_loader
+    from ganscale.runtime import AccelerateRuntime
+    from ganscale.runtime_deepspeed import DeepSpeedRuntime
+
+    cfg = make_cfg(args.backends[0], args.stage, args.batch, 1)
+    rt = DeepSpeedRuntime(cfg) if args.backends[0] == "deepspeed" else AccelerateRuntime(cfg)
+    dc = DataConfig(cache_dir=args.cache, synthetic_n=64, shuffle_buffer=16, pin_memory=False)
+    stream = build_loader(
+        dc, image_size=16, batch_size=args.batch, seed=0, rank=rt.rank, world_size=rt.world_size
+    )
+    keys, it = [], stream.iter_with_keys()
+    for _ in range(args.steps):
+        _, _, ks = next(it)
+        keys += list(ks)
+    del it
+    report = {"rank": rt.rank, "world_size": rt.world_size, "keys": keys}
+    rt.end()
     return report
 
 
@@ -229,20 +297,28 @@ def resume(args: argparse.Namespace) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=["equivalence", "resume"])
+    ap.add_argument("mode", choices=["equivalence", "resume", "first_steps", "data"])
+    ap.add_argument("--cache", default="")
     ap.add_argument("out")
     ap.add_argument("--stage", type=int, default=2)
+    ap.add_argument("--stages", type=lambda v: [int(x) for x in v.split(",")], default=[1, 2])
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--accum", type=int, default=1)
     ap.add_argument("--precision", default="no")
     ap.add_argument("--negative", action="store_true")
     ap.add_argument("--save", action="store_true")
+    ap.add_argument("--slots", type=int, default=1)
+    ap.add_argument("--no-norm", action="store_true")
+    ap.add_argument("--backends", type=lambda v: v.split(","), default=["accelerate"])
     args = ap.parse_args()
     torch.set_num_threads(1)
-    report = equivalence(args) if args.mode == "equivalence" else resume(args)
-    rank = int(os.environ.get("RANK", "0"))
+    SLOTS[0] = args.slots
+    NORM[0] = not args.no_norm
     Path(args.out).mkdir(parents=True, exist_ok=True)
+    modes = {"equivalence": equivalence, "resume": resume, "first_steps": first_steps, "data": data}
+    report = modes[args.mode](args)
+    rank = int(os.environ.get("RANK", "0"))
     (Path(args.out) / f"rank{rank}.json").write_text(json.dumps(report))
 
 

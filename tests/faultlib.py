@@ -37,11 +37,12 @@ def record(drill: str, runs: int, ok: int, outcome: str, **numbers: float | str)
 
 
 def table() -> list[str]:
-    lines = [f"{'drill':<34} {'runs':>4} {'ok':>4}  outcome / numbers"]
+    lines = [f"{'drill':<46} {'runs':>4} {'ok':>4}  outcome / numbers"]
     for name, r in RESULTS.items():
         nums = ", ".join(f"{k}={v}" for k, v in r.items() if k not in ("runs", "ok", "outcome"))
+        nums = " ".join(nums.split())  # one line per drill
         extra = f" [{nums}]" if nums else ""
-        lines.append(f"{name:<34} {r['runs']:>4} {r['ok']:>4}  {r['outcome']}{extra}")
+        lines.append(f"{name:<46} {r['runs']:>4} {r['ok']:>4}  {r['outcome']}{extra}")
     return lines
 
 

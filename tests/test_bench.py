@@ -32,8 +32,16 @@ def _bench(args, tiny_overrides):
 
 def test_bench_prints_json_with_baseline(tiny_overrides):
     out, row = _bench(["--steps", "2", "--warmup", "1", "--repeats", "2", "--baseline"], tiny_overrides)
-    for key in ("images_per_s", "ms_per_step", "data_wait_fraction", "peak_mem_mb",
-                "baseline_images_per_s", "ratio", "flops_per_image", "achieved_tflops"):
+    for key in (
+        "images_per_s",
+        "ms_per_step",
+        "data_wait_fraction",
+        "peak_mem_mb",
+        "baseline_images_per_s",
+        "ratio",
+        "flops_per_image",
+        "achieved_tflops",
+    ):
         assert key in row, key
     assert row["images_per_s"] > 0 and row["baseline_images_per_s"] > 0
     assert row["ratio"] == pytest.approx(row["images_per_s"] / row["baseline_images_per_s"], rel=0.01)
@@ -45,8 +53,20 @@ def test_bench_prints_json_with_baseline(tiny_overrides):
 def test_bench_real_loader_and_profile(tmp_path, tiny_overrides):
     trace = tmp_path / "trace.json"
     out, row = _bench(
-        ["--steps", "1", "--warmup", "0", "--repeats", "1", "--data", "shards", "--no-flops",
-         "--profile", "--profile-out", str(trace)],
+        [
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+            "--repeats",
+            "1",
+            "--data",
+            "shards",
+            "--no-flops",
+            "--profile",
+            "--profile-out",
+            str(trace),
+        ],
         tiny_overrides,
     )
     assert row["data"].startswith("loader") and 0 <= row["data_wait_fraction"] <= 1

@@ -121,7 +121,7 @@ def test_eval_with_local_inception_fills_the_inception_fields(run, tmp_path, mon
 
 def _evaluator(run):
     cfg = load_config(run / "config.yaml")
-    cfg.eval = EvalConfig(n=64)  # until Config has an eval section, the evaluator reads it from here
+    cfg.eval = EvalConfig(n=64)
     G, meta = load_generator(run)
     folder = corpus_folder(cfg.data, cfg.model.image_size)
     return cfg, G, meta, folder

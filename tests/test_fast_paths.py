@@ -2,7 +2,7 @@
 
 Each run builds a real Trainer on the tiny config with the same seed (same initial weights,
 same noise) and the same in-memory batches, takes a few real steps (D phase + G phase) and
-compares the losses with the plain fp32 run.
+compares the losses with the plain run (fp32, contiguous, foreach Adam, no compile).
 """
 
 import pytest
@@ -10,14 +10,19 @@ import torch
 from conftest import REPO
 
 from ganscale.bench import Bench, BenchOptions
+from ganscale.checkpoint import latest_checkpoint
 from ganscale.config import load_config
+from ganscale.errors import ConfigError
+from ganscale.runtime import build_runtime
+from ganscale.trainer import NonFiniteLoss, Trainer
 
 TINY = str(REPO / "configs/tiny.yaml")
 STEPS = 4
 
 
 def _trajectory(tiny_overrides, extra):
-    cfg = load_config(TINY, [*tiny_overrides, "optim.impl=foreach", *extra])
+    plain = ["optim.impl=foreach", "train.channels_last=false", "train.mixed_precision=no"]
+    cfg = load_config(TINY, [*tiny_overrides, *plain, *extra])
     bench = Bench(cfg, BenchOptions())
     try:
         rows = []
@@ -66,3 +71,60 @@ def test_gpu_fast_paths_keep_the_loss_trajectory(tiny_overrides):
         ["optim.impl=fused", "train.mixed_precision=bf16", "train.channels_last=true", "train.compile=true"],
     )
     torch.testing.assert_close(got, ref, rtol=5e-2, atol=5e-2)
+
+
+# --------------------------------------------------------------------------- faults.check_every
+
+
+def _nan_trainer(tmp_path, tiny_overrides, at, *overrides):
+    cfg = load_config(
+        TINY,
+        [
+            *tiny_overrides,
+            "train.max_steps=6",
+            "checkpoint.every=3",
+            "log.sample_every=0",
+            "faults.check_every=3",
+            *overrides,
+        ],
+    )
+    rt = build_runtime(cfg)
+    (tmp_path / "run").mkdir()
+    trainer = Trainer(cfg, tmp_path / "run", rt)
+    fired = []
+
+    def hook(module, args, out):  # G's output becomes NaN once, at step index `at`
+        if trainer.state.step == at and not fired:
+            fired.append(at)
+            return out * float("nan")
+        return None
+
+    rt.module("g").register_forward_hook(hook)
+    return trainer
+
+
+def test_check_every_still_stops_on_nan(tmp_path, tiny_overrides):
+    trainer = _nan_trainer(tmp_path, tiny_overrides, 1, "faults.nan_policy=stop")
+    try:
+        with pytest.raises(NonFiniteLoss, match="steps 1-3"):
+            trainer.run(None)
+    finally:
+        trainer.rt.end()
+    assert latest_checkpoint(tmp_path / "run") is None  # the NaN step was never checkpointed
+
+
+def test_check_every_rolls_back_past_the_nan(tmp_path, tiny_overrides):
+    trainer = _nan_trainer(tmp_path, tiny_overrides, 4, "faults.nan_policy=rollback")
+    try:
+        with pytest.warns(UserWarning, match="rolled back to step 3"):
+            result = trainer.run(None)
+    finally:
+        trainer.rt.end()
+    assert result.step == 6 and trainer.state.rollbacks == 1
+    assert all(torch.isfinite(p).all() for p in trainer.rt.module("g").parameters())
+
+
+@pytest.mark.parametrize("overrides", [["faults.nan_policy=skip"], ["checkpoint.every=3"]])
+def test_check_every_refuses_unsafe_settings(tiny_overrides, overrides):
+    with pytest.raises(ConfigError, match="check_every"):
+        load_config(TINY, [*tiny_overrides, "faults.check_every=2", "checkpoint.every=2", *overrides])

@@ -96,7 +96,8 @@ def test_enospc_in_the_writer_in_process(tmp_path, corpus_cache, monkeypatch):
     msg = str(e.value)
     assert ".step-0000006.tmp" in msg and "disk full" in msg and "free" in msg and "\n" not in msg
     assert verify_run(tmp_path / "run") == [2, 4] and not staging(tmp_path / "run")
-    cfg = load_config(TINY, [f"data.cache_dir={corpus_cache}", *OVERRIDES, "checkpoint.on_disk_full=continue"])
+    over = [f"data.cache_dir={corpus_cache}", *OVERRIDES, "checkpoint.on_disk_full=continue"]
+    cfg = load_config(TINY, over)
     calls["n"] = 0
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -23,7 +23,7 @@ from ganscale.checkpoint import latest_checkpoint, list_checkpoints
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
-MAX_STEPS = 20
+MAX_STEPS = 40
 OVERRIDES = (
     f"train.max_steps={MAX_STEPS}",
     "checkpoint.every=1",

@@ -105,7 +105,12 @@ class Classifier:
 
     @property
     def digest(self) -> str:
-        return self.meta["sha256"][:16]
+        """Identifies the feature space: the weights and the feature scale."""
+        return hashlib.sha256(f"{self.meta['sha256']}:{self.feature_scale!r}".encode()).hexdigest()[:16]
+
+    @property
+    def feature_scale(self) -> float:
+        return float(self.meta.get("feature_scale", 1.0))
 
     @torch.no_grad()
     def run(self, images: Tensor, batch_size: int = 256) -> tuple[Tensor, Tensor]:
@@ -115,8 +120,8 @@ class Classifier:
         feats, preds = [], []
         for i in range(0, len(images), batch_size):
             f = self.model.features(as_unit_range(images[i : i + batch_size].to(device)))
-            feats.append(f.float().cpu())
             preds.append(torch.stack([lg.argmax(1) for lg in self.model.logits(f)], 1).cpu())
+            feats.append(f.float().cpu() * self.feature_scale)
         if not feats:
             return torch.zeros(0, FEATURE_DIM), torch.zeros(0, len(self.attributes), dtype=torch.long)
         return torch.cat(feats), torch.cat(preds)
@@ -245,7 +250,10 @@ def train_classifier(
     model = AttributeClassifier([len(v) for v in attributes.values()], size, width).to(device)
     _fit(model, train, epochs, batch_size, seed, device, log)
     clf = Classifier(model, {"attributes": attributes}, folder)
-    _, pred = clf.run(held.as_float())
+    held_feats, pred = clf.run(held.as_float())
+    # Features are rescaled so real images have unit RMS per coordinate: FID/KID values then
+    # read on a scale independent of how large this training happened to make the activations.
+    feature_scale = float(1.0 / held_feats.pow(2).mean().sqrt().clamp(min=1e-12))
     held_acc = accuracy(pred, held.labels, attributes)
     by_size = {}
     for s in (16, 32, 64):
@@ -275,6 +283,7 @@ def train_classifier(
         "epochs": epochs,
         "seed": seed,
         "seconds": round(seconds, 1),
+        "feature_scale": feature_scale,
         "sha256": _sha256(tmp_w),
     }
     tmp_m.write_text(json.dumps(meta, indent=1) + "\n")

@@ -1,0 +1,130 @@
+"""Helpers for tests that start real processes: torchrun, accelerate launch, deepspeed."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+WORKER = REPO / "tests" / "dist_worker.py"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def env(**extra: str) -> dict[str, str]:
+    e = dict(os.environ)
+    e.update(
+        {
+            "PATH": f"{BIN}{os.pathsep}{e.get('PATH', '')}",
+            "DS_ACCELERATOR": "cpu",
+            "WANDB_MODE": "offline",
+            "WANDB_SILENT": "true",
+            "OMP_NUM_THREADS": "1",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "ACCELERATE_USE_CPU"):
+        e.pop(k, None)
+    e.update(extra)
+    return e
+
+
+def run(cmd: list[str], timeout: float = 240, cwd: Path = REPO, **extra: str) -> subprocess.CompletedProcess:
+    """Run and fail with the tail of the output when the exit code is not 0."""
+    p = subprocess.run(
+        [str(c) for c in cmd], cwd=cwd, env=env(**extra), capture_output=True, text=True, timeout=timeout
+    )
+    if p.returncode != 0:
+        tail = (p.stdout + p.stderr)[-6000:]
+        raise AssertionError(f"exit {p.returncode}: {' '.join(map(str, cmd))}\n{tail}")
+    return p
+
+
+def torchrun(nproc: int, *args: str | Path) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(nproc),
+        "--master_port",
+        str(free_port()),
+        *map(str, args),
+    ]
+
+
+def accelerate(nproc: int, *args: str | Path) -> list[str]:
+    """`accelerate launch` with nproc CPU processes (run with ACCELERATE_USE_CPU=1)."""
+    multi = ["--multi_gpu"] if nproc > 1 else []
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        *multi,
+        "--num_processes",
+        str(nproc),
+        "--num_machines",
+        "1",
+        "--main_process_port",
+        str(free_port()),
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        *map(str, args),
+    ]
+
+
+def worker(nproc: int, mode: str, out: Path, *args: str) -> dict:
+    """Run tests/dist_worker.py under torchrun; rank 0's report."""
+    run(torchrun(nproc, WORKER, mode, out, *args))
+    return json.loads((out / "rank0.json").read_text())
+
+
+def tiny_args(out: Path, cache: Path, *sets: str) -> list[str]:
+    args = [
+        "train",
+        str(REPO / "configs" / "tiny.yaml"),
+        "--out",
+        str(out),
+        "--set",
+        f"data.cache_dir={cache}",
+    ]
+    for s in sets:
+        args += ["--set", s]
+    return args
+
+
+def max_diff(a: Path, b: Path, params_only: bool = True) -> float:
+    from safetensors.torch import load_file
+
+    x, y = load_file(str(a)), load_file(str(b))
+    assert set(x) == set(y)
+    keys = [k for k in x if not params_only or not any(s in k for s in ("running_", "num_batches"))]
+    return max(float((x[k].float() - y[k].float()).abs().max()) for k in keys)
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def has_deepspeed() -> bool:
+    try:
+        import deepspeed  # noqa: F401
+    except Exception:  # noqa: BLE001 - any import failure means: skip
+        return False
+    return True
+
+
+CUDA = torch.cuda.is_available()

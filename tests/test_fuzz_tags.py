@@ -1,0 +1,115 @@
+"""Bad tag input, fuzzed: `--tags` strings, tags.csv rows and tags_clean.csv rows never crash
+(a one-line TagError / GanscaleError, or a reject counted by the scan)."""
+
+from __future__ import annotations
+
+import pytest
+from faultlib import record
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ganscale.data.layouts import _extra_row, _faces_row, scan
+from ganscale.data.vocab import EYE_COLOURS, HAIR_COLOURS, MLDS_ATTRIBUTES, TagError, format_tags, parse_tags
+from ganscale.errors import GanscaleError
+from ganscale.sampling import labels_for, parse_conditions
+
+pytestmark = pytest.mark.faults
+
+WORDS = [
+    *HAIR_COLOURS,
+    *EYE_COLOURS,
+    "hair",
+    "eyes",
+    "eye",
+    "grey",
+    "blond",
+    "long",
+    "_",
+    "-",
+    ":",
+    "\t",
+    ",",
+    "\n",
+]
+tag_text = st.one_of(
+    st.text(max_size=60),
+    st.lists(st.sampled_from(WORDS), max_size=8).map(" ".join),
+    st.lists(st.sampled_from(WORDS), max_size=8).map("".join),
+)
+FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+_n = {"tags": 0, "rows": 0, "scan": 0}
+
+
+@FUZZ
+@given(text=tag_text)
+def test_parse_tags_never_crashes(text):
+    _n["tags"] += 1
+    try:
+        idx = parse_tags(text, MLDS_ATTRIBUTES)
+    except TagError as e:
+        assert "\n" not in str(e) and e.reason
+        return
+    assert len(idx) == 2 and 0 <= idx[0] < len(HAIR_COLOURS) and 0 <= idx[1] < len(EYE_COLOURS)
+    assert parse_tags(format_tags(idx, MLDS_ATTRIBUTES), MLDS_ATTRIBUTES) == idx
+
+
+@FUZZ
+@given(text=tag_text)
+def test_sample_tags_option_never_crashes(text):
+    meta = {"attributes": MLDS_ATTRIBUTES}
+    try:
+        conditions = parse_conditions(text, meta)
+        labels_for(conditions, MLDS_ATTRIBUTES)
+    except GanscaleError as e:
+        assert "\n" not in str(e)
+
+
+@FUZZ
+@given(
+    rest=st.one_of(
+        tag_text,
+        st.lists(
+            st.tuples(tag_text, st.one_of(st.integers(-5, 10**6).map(str), st.text(max_size=4))), max_size=6
+        ).map(lambda items: "\t".join(f"{t}:{c}" for t, c in items)),
+    )
+)
+def test_csv_row_parsers_never_crash(rest):
+    _n["rows"] += 1
+    for parse in (_extra_row, _faces_row):
+        try:
+            labels = parse(rest)
+        except TagError as e:
+            assert e.reason in (
+                "unknown_attribute",
+                "ambiguous_attribute",
+                "missing_attribute",
+                "unparsable_row",
+            )
+            continue
+        assert len(labels) == 2
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(max_size=400), kind=st.sampled_from(["tags.csv", "tags_clean.csv"]))
+def test_scan_of_garbage_csv_counts_rejects(tmp_path, data, kind):
+    from PIL import Image
+
+    _n["scan"] += 1
+    src = tmp_path / "src"
+    images = src / "images" if kind == "tags.csv" else src
+    images.mkdir(parents=True, exist_ok=True)
+    for i in range(3):
+        Image.new("RGB", (4, 4)).save(images / f"{i}.png")
+    (src / kind).write_bytes(data)
+    result = scan(src)
+    assert len(result.records) + len(result.rejects) >= 3  # every image is kept or accounted for
+
+
+def test_fuzz_tags_summary():
+    record(
+        "fuzz: --tags, tags.csv rows, scans",
+        sum(_n.values()),
+        sum(_n.values()),
+        f"{_n['tags']} tag strings, {_n['rows']} csv rows x 2 parsers, "
+        f"{_n['scan']} garbage csv scans: 0 crashes",
+    )

@@ -1,0 +1,148 @@
+"""launch/slurm/train.sbatch on a real (one-node) Slurm; .ci/run starts it. Skipped without one.
+
+Two tasks on this one node stand in for two machines of one CPU process each, so the
+multi-node path (machine rank from SLURM_PROCID, count from SLURM_NTASKS, first host as main
+address, a free port) is what runs.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from distlib import REPO, env, metrics
+
+pytestmark = [pytest.mark.slurm, pytest.mark.distributed]
+SBATCH = REPO / "launch" / "slurm" / "train.sbatch"
+
+
+def _cluster_up() -> bool:
+    if not shutil.which("sbatch") or not shutil.which("scontrol"):
+        return False
+    try:
+        p = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return "UP" in p.stdout
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _need_slurm():
+    if not _cluster_up():
+        pytest.skip("no Slurm cluster up (.ci/run starts one: ../shared/slurm/up.sh)")
+
+
+def submit(folder: Path, cache: Path, *sets: str) -> str:
+    args = [
+        str(REPO / "configs" / "tiny.yaml"),
+        "--out",
+        str(folder / "run"),
+        "--set",
+        f"data.cache_dir={cache}",
+    ]
+    for s in sets:
+        args += ["--set", s]
+    p = subprocess.run(
+        [
+            "sbatch",
+            "--parsable",
+            "--nodes=1",
+            "--ntasks=2",
+            f"--output={folder}/job-%j.out",
+            f"--chdir={REPO}",
+            str(SBATCH),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        env=env(GANSCALE_NPROC_PER_NODE="1"),
+        timeout=30,
+    )
+    assert p.returncode == 0, p.stderr
+    return p.stdout.strip().split(";")[0]
+
+
+def job(job_id: str) -> dict[str, str]:
+    out = subprocess.run(
+        ["scontrol", "show", "job", job_id], capture_output=True, text=True, timeout=10
+    ).stdout
+    return dict(re.findall(r"(\w+)=(\S*)", out))
+
+
+def wait_for(job_id: str, states: set[str], timeout: float, log: Path | None = None) -> dict[str, str]:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        info = job(job_id)
+        if info.get("JobState") in states:
+            return info
+        time.sleep(1)
+    subprocess.run(["scancel", job_id], timeout=10)
+    text = "".join(p.read_text()[-4000:] for p in log.parent.glob("job-*.out")) if log else ""
+    raise AssertionError(f"job {job_id} not in {states} after {timeout}s: {job(job_id)}\n{text}")
+
+
+def job_log(folder: Path) -> str:
+    return "".join(p.read_text() for p in folder.glob("job-*.out"))
+
+
+def test_sbatch_two_tasks_trains_to_the_end(tmp_path, corpus_cache):
+    job_id = submit(tmp_path, corpus_cache)
+    info = wait_for(job_id, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"}, 240, tmp_path / "x")
+    log = job_log(tmp_path)
+    assert info["JobState"] == "COMPLETED", log[-4000:]
+    assert "2 machine(s)" in log and "machine 1/2" in log
+    run = tmp_path / "run"
+    assert (run / "checkpoints" / "step-0000006" / "state.json").is_file()
+    assert (run / "samples" / "step-0000006.png").is_file()
+    assert (run / "generator.safetensors").is_file()
+    rows = [r for r in metrics(run) if "event" not in r]
+    assert rows[-1]["step"] == 6 and rows[-1]["images_seen"] == 6 * 8 * 2  # two processes
+
+
+def test_preemption_checkpoints_requeues_and_resumes(tmp_path, corpus_cache):
+    """USR1 mid-run (scancel --batch --signal=USR1): the trainers checkpoint and exit, the job
+    requeues itself, the requeued run (SLURM_RESTART_COUNT=1) resumes from that checkpoint and
+    finishes; every step is logged exactly once."""
+    max_steps = 60
+    job_id = submit(
+        tmp_path,
+        corpus_cache,
+        f"train.max_steps={max_steps}",
+        "checkpoint.every=0",
+        "log.every=1",
+        "log.sample_every=0",
+    )
+    run = tmp_path / "run"
+    end = time.monotonic() + 180
+    while time.monotonic() < end:
+        if (run / "metrics.jsonl").is_file() and len(metrics(run)) >= 8:
+            break
+        assert job(job_id).get("JobState") in {"PENDING", "RUNNING"}, job_log(tmp_path)[-4000:]
+        time.sleep(0.5)
+    else:
+        raise AssertionError(f"no training progress: {job_log(tmp_path)[-4000:]}")
+    subprocess.run(["scancel", "--batch", "--signal=USR1", job_id], check=True, timeout=10)
+
+    # Requeued: pending again with one restart (Slurm holds it ~120 s; start it now).
+    info = wait_for(job_id, {"PENDING"}, 120, tmp_path / "x")
+    assert info["Restarts"] == "1"
+    ckpts = sorted((run / "checkpoints").glob("step-*"))
+    assert len(ckpts) == 1, ckpts
+    stop_step = int(ckpts[0].name.split("-")[1])
+    assert 8 <= stop_step < max_steps and stop_step % 5 == 0  # the trainer checks signals every 5 steps
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True, timeout=10)
+
+    info = wait_for(job_id, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"}, 240, tmp_path / "x")
+    log = job_log(tmp_path)
+    assert info["JobState"] == "COMPLETED", log[-4000:]
+    assert f"job {job_id} restart 1" in log and "--resume latest" in log
+    assert "requeueing" in log
+    rows = [r for r in metrics(run) if "event" not in r]
+    steps = [r["step"] for r in rows]
+    assert steps == list(range(1, max_steps + 1)), f"lost or repeated steps around {stop_step}: {steps}"
+    assert rows[-1]["images_seen"] == max_steps * 8 * 2
+    assert (run / "checkpoints" / f"step-{max_steps:07d}" / "state.json").is_file()
