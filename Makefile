@@ -20,7 +20,8 @@ install: $(STAMP)
 
 demo: install
 	$(VENV)/bin/ganscale train configs/quickstart.yaml --out runs/quickstart
-	$(VENV)/bin/ganscale sample runs/quickstart --all-conditions --out runs/quickstart/demo-grid.png
+	$(VENV)/bin/ganscale sample runs/quickstart --n 48 --out runs/quickstart/demo-grid.png \
+	  --tags "aqua hair orange eyes; blue hair blue eyes; blue hair red eyes; green hair blue eyes; pink hair green eyes; blonde hair purple eyes"
 	@echo "demo grid: runs/quickstart/demo-grid.png"
 
 test: install

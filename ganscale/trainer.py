@@ -320,6 +320,9 @@ class Trainer:
             if rt.is_main:
                 self.finish()
         finally:
+            # close the batch generator now: it shuts the DataLoader's worker processes down
+            # (otherwise a worker can outlive the trainer after a signal)
+            getattr(getattr(self, "_batches", None), "close", lambda: None)()
             progress.close()
             stop.restore()
             self.metrics.close()
