@@ -246,9 +246,10 @@ class DeepSpeedRuntime(Runtime):
             warnings.warn("train.compile is not applied under backend: deepspeed", stacklevel=2)
         G.to(self.device)
         D.to(self.device)
-        if cfg.train.channels_last:
-            G.to(memory_format=torch.channels_last)
-            D.to(memory_format=torch.channels_last)
+        # train.channels_last is not applied to the weights here: DeepSpeed broadcasts and
+        # flattens parameters as contiguous (NCHW) memory (a channels_last weight fails in
+        # deepspeed.initialize: "stride(-1) must be 1 to view Float as Byte"). The trainer's
+        # channels_last batches still work; convolutions pick their layout from them.
         betas = (cfg.optim.beta1, cfg.optim.beta2)
         config = ds_config(cfg, self.world_size)
         self.ds_config = config

@@ -88,12 +88,6 @@ def test_second_signal_during_save_does_not_corrupt_it(tmp_path, corpus_cache):
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="data layer: DataLoader workers die on SIGTERM and the trainer then fails with "
-    "'DataLoader worker ... is killed by signal: Terminated' before it can checkpoint; needs a "
-    "worker_init_fn in ganscale/data/loader.py that ignores SIGTERM/SIGUSR1 (see docs/reliability.md)",
-)
 def test_sigterm_to_the_whole_process_group_with_loader_workers(tmp_path, corpus_cache):
     """Slurm's scancel and `kill -TERM -PGID` signal every process, DataLoader workers too."""
     import os

@@ -399,6 +399,7 @@ class ShardStream:
             num_workers=self.num_workers,
             prefetch_factor=4,
             persistent_workers=False,
+            worker_init_fn=_ignore_stop_signals,
         )
         it = iter(loader)
         try:
@@ -532,3 +533,13 @@ def build_loader(
         resampled=cfg.resampled,
         pin_memory=cfg.pin_memory,
     )
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """Workers ignore SIGTERM/SIGUSR1: a signal to the whole process group (Slurm's scancel,
+    Ctrl-C style kills) is the trainer's to handle (checkpoint, then exit, which shuts the
+    workers down); a worker dying on it would crash the trainer before it could save."""
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)
