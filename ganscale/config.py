@@ -8,6 +8,7 @@ the wrong type is an error naming the key and the expected type), validates once
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import math
@@ -82,6 +83,10 @@ class LossConfig:
     """Weight of the gradient penalty."""
     class_weight: float = 1.0
     """The study's lambda: weight of the ACGAN class loss (D: real+fake, G: fake)."""
+    d_fake_class: bool = True
+    """D's class loss also on fakes (the original ACGAN, the study's setup). false trains D's
+    classifier on real images only, so G must draw the real attribute rather than a code that
+    D learns alongside it."""
 
     def __post_init__(self) -> None:
         _check(self.penalty_weight >= 0, "loss.penalty_weight", "must be >= 0")
@@ -136,9 +141,9 @@ class TrainConfig:
     compile: bool = False
     """torch.compile G and D. Off by default: on the 2-core CPU it gained ~5% after ~1-2 minutes
     of compilation (docs/performance.md); turn it on for long GPU runs."""
-    compile_mode: Literal[
-        "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"
-    ] = "default"
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = (
+        "default"
+    )
     """torch.compile mode when train.compile is on; reduce-overhead uses CUDA graphs (GPU only)."""
 
     def __post_init__(self) -> None:
@@ -434,10 +439,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             number = float(value)
         elif isinstance(value, str):  # YAML reads 2e-4 as a string (YAML 1.1)
-            try:
+            with contextlib.suppress(ValueError):
                 number = float(value)
-            except ValueError:
-                pass
         if number is not None:
             # nan/inf (.inf, "inf", 1e400) would pass every "> 0" check and train on NaN
             if not math.isfinite(number):

@@ -171,9 +171,10 @@ class Trainer:
                     real_logits, real_cls = rt.D(real, real_labels)
                     fake_logits, fake_cls = rt.D(fake, fake_labels)
                     adv = losses.d_adversarial_loss(cfg.loss.adversarial, real_logits, fake_logits)
-                    cls = cfg.loss.class_weight * (
-                        losses.class_loss(real_cls, real_labels) + losses.class_loss(fake_cls, fake_labels)
-                    )
+                    cls = losses.class_loss(real_cls, real_labels)
+                    if cfg.loss.d_fake_class:
+                        cls = cls + losses.class_loss(fake_cls, fake_labels)
+                    cls = cfg.loss.class_weight * cls
                     loss = adv + cls
                     if cfg.loss.penalty != "none":
                         pen = losses.gradient_penalty(
