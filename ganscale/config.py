@@ -253,6 +253,13 @@ class DeepSpeedConfig:
 
     def __post_init__(self) -> None:
         _check(self.zero_stage in (0, 1, 2, 3), "deepspeed.zero_stage", "must be 0, 1, 2 or 3")
+        # ZeRO-3 partitions G's weights away from the EMA copy; until the EMA is updated from
+        # gathered weights, stage 3 is refused rather than training a wrong EMA.
+        _check(
+            self.zero_stage != 3,
+            "deepspeed.zero_stage",
+            "3 is not supported yet (the EMA of G needs gathered weights); use --set deepspeed.zero_stage=2",
+        )
 
 
 @dataclass

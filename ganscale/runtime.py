@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -265,6 +266,16 @@ def _contiguous(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def build_runtime(cfg: Config) -> Runtime:
     """The runtime for ``cfg.backend``."""
+    # The launcher's settings must agree with the config's, which is the source of truth.
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true" and cfg.backend != "deepspeed":
+        raise GanscaleError("this launch uses an Accelerate DeepSpeed config; add --set backend=deepspeed")
+    launcher_mp = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    if launcher_mp not in ("no", cfg.train.mixed_precision):
+        warnings.warn(
+            f"the launcher asks for {launcher_mp} but train.mixed_precision is {cfg.train.mixed_precision}; "
+            f"add --set train.mixed_precision={launcher_mp} to use it",
+            stacklevel=2,
+        )
     if cfg.backend == "deepspeed":
         try:
             from ganscale.runtime_deepspeed import DeepSpeedRuntime

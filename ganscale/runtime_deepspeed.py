@@ -172,7 +172,37 @@ def _init_process_group(device_type: str) -> None:
             }
         )
     backend = "nccl" if device_type == "cuda" else "gloo"
+    if device_type == "cpu":
+        _check_shm_op_lock()
     deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
+
+
+def _check_shm_op_lock(max_age_s: float = 300.0) -> None:
+    """Refuse to hang on a stale DeepSpeed build lock (CPU only).
+
+    On CPU DeepSpeed JIT-compiles a shared-memory all-reduce op (~20 s, once; it makes the
+    CPU collectives ~8x faster than plain gloo here) under a lock file in the torch
+    extensions folder. A process killed mid-build leaves the lock behind, and every later
+    DeepSpeed start then waits on it forever, silently (seen on the shared test machine).
+    """
+    try:
+        from torch.utils.cpp_extension import _get_build_directory
+
+        lock = Path(_get_build_directory("deepspeed_shm_comm", False)) / "lock"
+    except Exception:  # noqa: BLE001 - private torch helper; no check rather than no training
+        return
+    import time
+
+    try:
+        age = time.time() - lock.stat().st_mtime
+    except OSError:
+        return
+    if age > max_age_s:
+        raise GanscaleError(
+            f"{lock} is {age / 60:.0f} min old: a DeepSpeed op build was killed and left "
+            f"its lock, and DeepSpeed would wait on it forever; delete the file (no build "
+            f"is running) and start again"
+        )
 
 
 class _EngineOptimizer:

@@ -175,7 +175,7 @@ def weights(rt) -> dict[str, torch.Tensor]:
     out = {}
     for net in ("g", "d"):
         for k, v in rt.module(net).state_dict().items():
-            out[f"{net}.{k}"] = v.detach().float().cpu().clone()
+            out[f"{net}.{k}"] = v.detach().float().cpu().contiguous().clone()
     return out
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -41,13 +42,29 @@ def env(**extra: str) -> dict[str, str]:
 
 
 def run(cmd: list[str], timeout: float = 240, cwd: Path = REPO, **extra: str) -> subprocess.CompletedProcess:
-    """Run and fail with the tail of the output when the exit code is not 0."""
-    p = subprocess.run(
-        [str(c) for c in cmd], cwd=cwd, env=env(**extra), capture_output=True, text=True, timeout=timeout
-    )
+    """Run and fail with the tail of the output when the exit code is not 0. On a timeout the
+    whole process group goes (a launcher killed alone leaves its workers hanging)."""
+    args = [str(c) for c in cmd]
+    with subprocess.Popen(
+        args,
+        cwd=cwd,
+        env=env(**extra),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    ) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate()
+            raise AssertionError(
+                f"timed out after {timeout}s: {' '.join(args)}\n{(out + err)[-6000:]}"
+            ) from None
+    p = subprocess.CompletedProcess(args, proc.returncode, out, err)
     if p.returncode != 0:
-        tail = (p.stdout + p.stderr)[-6000:]
-        raise AssertionError(f"exit {p.returncode}: {' '.join(map(str, cmd))}\n{tail}")
+        raise AssertionError(f"exit {p.returncode}: {' '.join(args)}\n{(out + err)[-6000:]}")
     return p
 
 
