@@ -54,6 +54,7 @@ def make_adam(
 class Runtime:
     """Interface shared by the backends (see module docstring)."""
 
+    cfg: Config
     device: torch.device
     rank: int = 0
     world_size: int = 1
@@ -105,6 +106,17 @@ class Runtime:
         scaler.update()
         inner.zero_grad(set_to_none=True)
         return norm
+
+    def sync_batchnorm(self, G: nn.Module, D: nn.Module) -> tuple[nn.Module, nn.Module]:
+        """SyncBatchNorm when asked for (train.sync_batchnorm); Accelerate never converts, and
+        on CPU (gloo) SyncBatchNorm does not run, so only CUDA with several processes."""
+        if not self.cfg.train.sync_batchnorm:
+            return G, D
+        if self.device.type == "cuda" and self.world_size > 1:
+            return nn.SyncBatchNorm.convert_sync_batchnorm(G), nn.SyncBatchNorm.convert_sync_batchnorm(D)
+        if self.is_main:
+            warnings.warn("train.sync_batchnorm needs CUDA and several processes; ignored here", stacklevel=3)
+        return G, D
 
     def no_sync(self, net: str, enabled: bool) -> contextlib.AbstractContextManager:
         """Skip the gradient all-reduce for accumulation micro-steps (all but the last)."""
@@ -199,14 +211,7 @@ class AccelerateRuntime(Runtime):
     def setup(self, G: nn.Module, D: nn.Module) -> None:
         """Place, wrap and build optimizers for both networks."""
         cfg = self.cfg
-        if cfg.train.sync_batchnorm:
-            if self.device.type == "cuda" and self.world_size > 1:
-                G = nn.SyncBatchNorm.convert_sync_batchnorm(G)
-                D = nn.SyncBatchNorm.convert_sync_batchnorm(D)
-            elif self.is_main:
-                warnings.warn(
-                    "train.sync_batchnorm needs CUDA and several processes; ignored here", stacklevel=2
-                )
+        G, D = self.sync_batchnorm(G, D)
         G.to(self.device)
         D.to(self.device)
         if cfg.train.channels_last:

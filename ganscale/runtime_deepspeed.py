@@ -264,14 +264,7 @@ class DeepSpeedRuntime(Runtime):
         import deepspeed
 
         cfg = self.cfg
-        if cfg.train.sync_batchnorm:
-            if self.device.type == "cuda" and self.world_size > 1:
-                G = nn.SyncBatchNorm.convert_sync_batchnorm(G)
-                D = nn.SyncBatchNorm.convert_sync_batchnorm(D)
-            elif self.is_main:
-                warnings.warn(
-                    "train.sync_batchnorm needs CUDA and several processes; ignored here", stacklevel=2
-                )
+        G, D = self.sync_batchnorm(G, D)
         if cfg.train.compile and self.is_main:
             warnings.warn("train.compile is not applied under backend: deepspeed", stacklevel=2)
         G.to(self.device)
