@@ -250,9 +250,18 @@ class DeepSpeedConfig:
 
     zero_stage: int = 2
     """ZeRO stage 0, 1, 2 or 3."""
+    config: str = ""
+    """A DeepSpeed JSON merged over the config ganscale builds (e.g. overlap_comm, bucket
+    sizes). Keys ganscale owns (batch sizes, accumulation, stage, precision) may only repeat
+    the ganscale value or say "auto"; anything else is an error."""
 
     def __post_init__(self) -> None:
         _check(self.zero_stage in (0, 1, 2, 3), "deepspeed.zero_stage", "must be 0, 1, 2 or 3")
+        _check(
+            not self.config or Path(self.config).is_file(),
+            "deepspeed.config",
+            f"no such file {self.config!r}; give a DeepSpeed JSON (e.g. launch/deepspeed/zero2.json)",
+        )
         # ZeRO-3 partitions G's weights away from the EMA copy; until the EMA is updated from
         # gathered weights, stage 3 is refused rather than training a wrong EMA.
         _check(

@@ -73,7 +73,7 @@ def ds_config(cfg: Config, world_size: int) -> dict[str, Any]:
 
     ``launch/deepspeed/zero{1,2,3}.json`` show the same dicts (with ``"auto"`` where a value
     comes from the ganscale config); a test keeps them in step. ``deepspeed.config`` (a JSON
-    file, when the config has that field) is merged over this.
+    file) is merged over this.
     """
     tc = cfg.train
     accum = cfg.grad_accum_for(world_size)
@@ -343,7 +343,11 @@ class DeepSpeedRuntime(Runtime):
         if self.is_main:
             from safetensors.torch import save_file
 
-            meta = {"zero_stage": self.cfg.deepspeed.zero_stage, "world_size": self.world_size}
+            meta = {
+                "zero_stage": self.cfg.deepspeed.zero_stage,
+                "world_size": self.world_size,
+                "ds_config": self.ds_config,  # what the engines ran with (user JSON merged)
+            }
             (folder / "deepspeed.json").write_text(json.dumps(meta))
             for net in NETS:
                 with self.gathered(net):

@@ -13,6 +13,7 @@ from ganscale.config import config_from_dict
 from ganscale.errors import ConfigError
 from ganscale.runtime_deepspeed import ds_config
 
+ZERO2_JSON = REPO / "launch" / "deepspeed" / "zero2.json"
 needs_ds = pytest.mark.skipif(not has_deepspeed(), reason="deepspeed not installed")
 
 
@@ -58,8 +59,6 @@ def test_user_deepspeed_json_merges_and_cannot_contradict(tmp_path):
     cfg = config_from_dict(
         {"backend": "deepspeed", "deepspeed": {"zero_stage": 2}, "train": {"max_steps": 1}}
     )
-    if not hasattr(cfg.deepspeed, "config"):
-        pytest.skip("deepspeed.config field not in this ganscale config yet")
     f = tmp_path / "ds.json"
     f.write_text(
         json.dumps(
@@ -76,6 +75,8 @@ def test_user_deepspeed_json_merges_and_cannot_contradict(tmp_path):
     f.write_text(json.dumps({"zero_optimization": {"stage": 3}}))
     with pytest.raises(ConfigError, match="zero_optimization.stage"):
         ds_config(cfg, 1)
+    with pytest.raises(ConfigError, match="deepspeed.config: no such file"):
+        config_from_dict({"backend": "deepspeed", "deepspeed": {"config": str(tmp_path / "nope.json")}})
 
 
 # ----------------------------------------------------------------------------- engines, 2 processes
@@ -129,7 +130,7 @@ def test_train_zero2_matches_accelerate_resumes_and_samples_without_deepspeed(tm
             2,
             "-m",
             "ganscale",
-            *tiny_args(ds, corpus_cache, "backend=deepspeed", "deepspeed.zero_stage=2", *same),
+            *tiny_args(ds, corpus_cache, "backend=deepspeed", f"deepspeed.config={ZERO2_JSON}", *same),
         )
     )
     run(accelerate(2, "-m", "ganscale", *tiny_args(plain, corpus_cache, *same)), ACCELERATE_USE_CPU="1")
@@ -137,6 +138,8 @@ def test_train_zero2_matches_accelerate_resumes_and_samples_without_deepspeed(tm
         a, b = ds / "checkpoints/step-0000006" / f"{name}.safetensors", plain / "checkpoints/step-0000006"
         assert max_diff(a, b / f"{name}.safetensors") < 1e-5, name
     ckpt = ds / "checkpoints/step-0000006"
+    ran = json.loads((ckpt / "deepspeed.json").read_text())["ds_config"]  # zero2.json, "auto" filled in
+    assert ran["zero_optimization"]["stage"] == 2 and ran["train_micro_batch_size_per_gpu"] == 8
     assert {"ds_G", "ds_D", "deepspeed.json", "G.safetensors", "state.json"} <= {
         p.name for p in ckpt.iterdir()
     }
