@@ -72,6 +72,8 @@ def make_cfg(backend: str, stage: int, batch: int, accum: int, precision: str = 
                 "grad_accum": accum,
                 "max_steps": 10,
                 "mixed_precision": precision,
+                # DeepSpeed keeps weights NCHW; compare like with like (see test_deepspeed.py)
+                "channels_last": False,
             },
             "optim": {"g_lr": 1e-3, "d_lr": 1e-3},
         }
