@@ -71,7 +71,7 @@ _TAG = "state"  # DeepSpeed checkpoint tag inside ds_G/ and ds_D/
 def ds_config(cfg: Config, world_size: int) -> dict[str, Any]:
     """The DeepSpeed config of one engine, built from the ganscale config.
 
-    ``launch/deepspeed/zero{1,2,3}.json`` show the same dicts (with ``"auto"`` where a value
+    ``launch/deepspeed/zero{1,2}.json`` show the same dicts (with ``"auto"`` where a value
     comes from the ganscale config); a test keeps them in step. ``deepspeed.config`` (a JSON
     file) is merged over this.
     """
@@ -95,9 +95,8 @@ def ds_config(cfg: Config, world_size: int) -> dict[str, Any]:
     }
     if tc.mixed_precision in _AUTOCAST_DTYPES:
         out["torch_autocast"] = {"enabled": True, "dtype": _AUTOCAST_DTYPES[tc.mixed_precision]}
-    user_file = getattr(cfg.deepspeed, "config", "")
-    if user_file:
-        out = _merge_user_config(out, Path(user_file))
+    if cfg.deepspeed.config:
+        out = _merge_user_config(out, Path(cfg.deepspeed.config))
     return out
 
 
