@@ -82,19 +82,22 @@ def test_real_d_overpowering_is_reported_in_log_tracker_and_metrics(tmp_path, co
         corpus_cache,
         "optim.g_lr=1e-9",
         "optim.d_lr=5e-3",
-        "train.max_steps=16",
+        "train.max_steps=20",
         "log.every=1",
         "log.sample_every=0",
         "checkpoint.every=0",
     )
-    trainer.health = HealthMonitor("bce", patience_steps=5, min_rows=3, saturation=0.95)
+    # D pins at ~1/0 from step ~5, with an occasional one-step dip (which ends an episode;
+    # once-per-episode is tested above on fixed rows): a short patience keeps this robust.
+    trainer.health = HealthMonitor("bce", patience_steps=3, min_rows=3, saturation=0.9)
     msgs = _train(trainer)
     events = [r for r in read_metrics(run / "metrics.jsonl") if r.get("event") == "warning"]
-    assert [e["signal"] for e in events] == ["d_overpowering"], events
+    assert events and {e["signal"] for e in events} == {"d_overpowering"}, events
     assert any("D is overpowering G" in m for m in msgs)
     assert "warning/d_overpowering/text_summary" in _tracker_texts(run)
+    first, n = events[0]["step"], len(events)
     record(
-        "D overpowering (real run)", 1, 1, f"warned once at step {events[0]['step']} (log, tracker, metrics)"
+        "D overpowering (real run)", 1, 1, f"warned at step {first}, {n} episode(s) (log, tracker, metrics)"
     )
 
 

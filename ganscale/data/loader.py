@@ -218,7 +218,10 @@ class _PassDataset(IterableDataset):
                 corrupt += 1
                 log.warning("skipping corrupt sample %s: %s", key, f"{type(e).__name__}: {e}"[:200])
                 continue
-            rng = random.Random(f"aug:{s.seed}:{s.epoch}:{s.pass_}:{key}")
+            # Seeded by the shard's file name, not its full URL: the same corpus copied or
+            # mounted elsewhere gets the same augmentations (a run reproduces anywhere).
+            shard_name = sample.get("__url__", "").rsplit("/", 1)[-1]
+            rng = random.Random(f"aug:{s.seed}:{s.epoch}:{s.pass_}:{shard_name}#{sample.get('__key__', '')}")
             imgs.append(to_array(augment(img, rng, s.hflip, s.rotate_degrees)))
             labels.append(lab)
             keys.append(key)
