@@ -22,9 +22,9 @@ import numpy as np
 from PIL import Image
 
 from ganscale.config import DataConfig
+from ganscale.corpus.pack import pack
+from ganscale.corpus.synth import write_synthetic
 from ganscale.data.loader import build_loader
-from ganscale.data.pack import pack
-from ganscale.data.synth import write_synthetic
 
 
 def raw_decode_rate(shards: Path, repeats: int) -> tuple[float, float]:

@@ -108,10 +108,10 @@ def grids_png(rows: list[dict], out: Path, lambdas: list[str]) -> Path:
     import torch
     from PIL import Image, ImageDraw
 
-    from ganscale.export import load_generator
-    from ganscale.images import make_grid, save_png
-    from ganscale.sampling import generate
-    from ganscale.trainer import STUDY_CONDITIONS
+    from ganscale.outputs.export import load_generator
+    from ganscale.outputs.images import make_grid, save_png
+    from ganscale.outputs.sampling import generate
+    from ganscale.train.trainer import STUDY_CONDITIONS
 
     cells: dict[tuple[str, str, float], np.ndarray] = {}
     for r in rows:

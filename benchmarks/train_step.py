@@ -10,7 +10,7 @@ Prints both and the ratio; the last line is JSON. Goal on CPU: ratio >= 0.97.
     .venv/bin/python benchmarks/train_step.py --precision bf16      # bf16 vs bf16
     .venv/bin/python benchmarks/train_step.py --best-cpu            # ganscale's CPU settings vs plain fp32
 
-It reuses :mod:`ganscale.bench` (``ganscale bench configs/dcgan.yaml --baseline`` is the same
+It reuses :mod:`ganscale.bench.step_bench` (``ganscale bench configs/dcgan.yaml --baseline`` is the same
 measurement with more options).
 """
 
@@ -20,7 +20,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ganscale.bench import BenchOptions, format_result, run_bench
+from ganscale.bench.step_bench import BenchOptions, format_result, run_bench
 from ganscale.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]

@@ -26,7 +26,7 @@ app = typer.Typer(
 
 def _register_groups() -> None:
     # Each group lives beside the code it drives; imported here so `ganscale --help` lists all.
-    from ganscale.data.cli import data_app
+    from ganscale.corpus.cli import data_app
 
     app.add_typer(data_app, name="data", help="Build, pack, stream and inspect image corpora.")
     try:
@@ -36,7 +36,7 @@ def _register_groups() -> None:
     else:
         register_eval(app)
     try:
-        from ganscale.bench import register as register_bench
+        from ganscale.bench.step_bench import register as register_bench
     except ImportError:  # pragma: no cover - bench not built yet
         pass
     else:
@@ -72,7 +72,7 @@ def train(
     if dry_run:
         typer.echo(yaml.safe_dump(cfg.to_dict(), sort_keys=False), nl=False)
         return
-    from ganscale.trainer import train as run_training
+    from ganscale.train.trainer import train as run_training
 
     run_dir = out if out is not None else Path("runs") / cfg.name
     run_training(cfg, run_dir, resume=resume)
@@ -108,7 +108,7 @@ def sample(
     ] = None,  # noqa: UP045
 ) -> None:
     """Draw images from a trained (EMA) generator."""
-    from ganscale.sampling import sample_command
+    from ganscale.outputs.sampling import sample_command
 
     written = sample_command(
         run,

@@ -1,6 +1,6 @@
 """Worker for the multi-process runtime tests (run under torchrun; not collected by pytest).
 
-It drives :class:`ganscale.runtime.Runtime` objects with the trainer's calling pattern (a D
+It drives :class:`ganscale.runtime.base.Runtime` objects with the trainer's calling pattern (a D
 phase of ``grad_accum`` backward calls then one step; a G phase through ``rt.module("d")``
 with D frozen) on tiny networks with BatchNorm, and writes what the test compares to
 ``OUT/rank{r}.json`` and ``OUT/*.safetensors``.
@@ -163,8 +163,8 @@ def d_gradient_left(rt) -> float:
 
 
 def build(backend: str, stage: int, batch: int, accum: int, precision: str = "no"):
-    from ganscale.runtime import AccelerateRuntime
-    from ganscale.runtime_deepspeed import DeepSpeedRuntime
+    from ganscale.runtime.accelerate_backend import AccelerateRuntime
+    from ganscale.runtime.deepspeed_backend import DeepSpeedRuntime
 
     cfg = make_cfg(backend, stage, batch, accum, precision)
     rt = DeepSpeedRuntime(cfg) if backend == "deepspeed" else AccelerateRuntime(cfg)
@@ -237,8 +237,8 @@ def data(args: argparse.Namespace) -> dict:
     """The trainer's data path (runtime rank/world size -> build_loader): sample keys seen."""
     from ganscale.config import DataConfig
     from ganscale.data.loader import build_loader
-    from ganscale.runtime import AccelerateRuntime
-    from ganscale.runtime_deepspeed import DeepSpeedRuntime
+    from ganscale.runtime.accelerate_backend import AccelerateRuntime
+    from ganscale.runtime.deepspeed_backend import DeepSpeedRuntime
 
     cfg = make_cfg(args.backends[0], args.stage, args.batch, 1)
     rt = DeepSpeedRuntime(cfg) if args.backends[0] == "deepspeed" else AccelerateRuntime(cfg)
@@ -260,7 +260,7 @@ def resume(args: argparse.Namespace) -> dict:
     """Save after `steps`, continue `steps` more; a fresh runtime loads and continues the
     same `steps`: the two must agree exactly. Run on N processes with --save, or on M
     processes to load a checkpoint written on N (elastic)."""
-    from ganscale.runtime_deepspeed import DeepSpeedRuntime
+    from ganscale.runtime.deepspeed_backend import DeepSpeedRuntime
 
     folder = Path(args.out) / "ckpt"
     report: dict = {}

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from ganscale.checkpoint import list_checkpoints, read_state
+from ganscale.train.checkpoint import list_checkpoints, read_state
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tiny.yaml"

@@ -8,9 +8,9 @@ import typer
 from conftest import REPO
 from typer.testing import CliRunner
 
-from ganscale.bench import BenchOptions, count_flops, register, run_bench
+from ganscale.bench.plain_loop import PlainLoop
+from ganscale.bench.step_bench import BenchOptions, count_flops, register, run_bench
 from ganscale.config import load_config
-from ganscale.plain_loop import PlainLoop
 
 TINY = str(REPO / "configs/tiny.yaml")
 

@@ -10,10 +10,10 @@ import webdataset as wds
 from PIL import Image
 
 from ganscale.config import DataConfig
+from ganscale.corpus.pack import pack
+from ganscale.corpus.synth import write_synthetic
+from ganscale.corpus.vocab import EYE_COLOURS, HAIR_COLOURS
 from ganscale.data.loader import ShardStream, build_loader, read_corpus_info
-from ganscale.data.pack import pack
-from ganscale.data.synth import write_synthetic
-from ganscale.data.vocab import EYE_COLOURS, HAIR_COLOURS
 from ganscale.errors import GanscaleError
 
 N, SHARDS, B, S = 64, 8, 16, 16

@@ -11,10 +11,10 @@ import webdataset as wds
 from PIL import Image
 
 from ganscale.cli import main
-from ganscale.data.layouts import detect_layout
-from ganscale.data.pack import pack
-from ganscale.data.synth import write_synthetic
-from ganscale.data.vocab import EYE_COLOURS, HAIR_COLOURS
+from ganscale.corpus.layouts import detect_layout
+from ganscale.corpus.pack import pack
+from ganscale.corpus.synth import write_synthetic
+from ganscale.corpus.vocab import EYE_COLOURS, HAIR_COLOURS
 from ganscale.errors import GanscaleError
 
 N = 30
@@ -200,7 +200,7 @@ def test_interrupted_pack_leaves_no_complete_looking_output(synth_src, tmp_path,
     out = tmp_path / "out"
     pack(synth_src, out, size=16, per_shard=4)
     assert (out / "dataset.json").exists()
-    import ganscale.data.pack as packmod
+    import ganscale.corpus.pack as packmod
 
     calls = {"n": 0}
     real = packmod.encode

@@ -7,9 +7,9 @@ import typer
 from PIL import Image
 from typer.testing import CliRunner
 
-from ganscale.data.cli import data_app
-from ganscale.data.synth import EYE_RGB, HAIR_RGB, face_labels, iter_faces, write_synthetic
-from ganscale.data.vocab import EYE_COLOURS, HAIR_COLOURS, MLDS_ATTRIBUTES, parse_tags
+from ganscale.corpus.cli import data_app
+from ganscale.corpus.synth import EYE_RGB, HAIR_RGB, face_labels, iter_faces, write_synthetic
+from ganscale.corpus.vocab import EYE_COLOURS, HAIR_COLOURS, MLDS_ATTRIBUTES, parse_tags
 
 
 def _digest(folder):

@@ -11,7 +11,7 @@ from distlib import REPO, accelerate, has_deepspeed, max_diff, metrics, run, tin
 
 from ganscale.config import config_from_dict
 from ganscale.errors import ConfigError
-from ganscale.runtime_deepspeed import ds_config
+from ganscale.runtime.deepspeed_backend import ds_config
 
 ZERO2_JSON = REPO / "launch" / "deepspeed" / "zero2.json"
 needs_ds = pytest.mark.skipif(not has_deepspeed(), reason="deepspeed not installed")

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from ganscale.data.corpus import ensure_synthetic_corpus
+from ganscale.corpus.synthetic import ensure_synthetic_corpus
 from ganscale.errors import GanscaleError
 from ganscale.evaluation.classifier import WEIGHTS, load_classifier, train_classifier
 from ganscale.evaluation.corpus_images import is_held_out, list_keys, read_corpus

@@ -18,9 +18,9 @@ from ganscale.evaluation.corpus_images import corpus_folder
 from ganscale.evaluation.during_training import TrainingEvaluator
 from ganscale.evaluation.evaluate import evaluate_run
 from ganscale.evaluation.features import INCEPTION_ENV
-from ganscale.export import load_generator
-from ganscale.runtime import Runtime
-from ganscale.trainer import train
+from ganscale.outputs.export import load_generator
+from ganscale.runtime.base import Runtime
+from ganscale.train.trainer import train
 
 pytestmark = pytest.mark.slow
 
@@ -201,10 +201,10 @@ def test_training_evaluator_gives_the_same_numbers_on_two_ranks(run):
 
 def test_training_hook_logs_metrics_and_keeps_best(tmp_path, corpus_cache):
     from ganscale.evaluation.during_training import TrainingEvalHook
-    from ganscale.export import find_export
+    from ganscale.outputs.export import find_export
+    from ganscale.outputs.tracking import MetricsFile, NullTracker, read_metrics
     from ganscale.runtime import build_runtime
-    from ganscale.tracking import MetricsFile, NullTracker, read_metrics
-    from ganscale.trainer import Trainer
+    from ganscale.train.trainer import Trainer
 
     cfg = load_config(REPO / "configs/tiny.yaml", [f"data.cache_dir={corpus_cache}"])
     cfg.eval = EvalConfig(every=2, n=32)

@@ -9,12 +9,12 @@ import pytest
 import torch
 from conftest import REPO
 
-from ganscale.bench import Bench, BenchOptions
-from ganscale.checkpoint import latest_checkpoint
+from ganscale.bench.step_bench import Bench, BenchOptions
 from ganscale.config import load_config
 from ganscale.errors import ConfigError
 from ganscale.runtime import build_runtime
-from ganscale.trainer import NonFiniteLoss, Trainer
+from ganscale.train.checkpoint import latest_checkpoint
+from ganscale.train.trainer import NonFiniteLoss, Trainer
 
 TINY = str(REPO / "configs/tiny.yaml")
 STEPS = 4

@@ -16,9 +16,9 @@ from PIL import Image
 
 from ganscale.cli import main
 from ganscale.config import load_config
-from ganscale.data.corpus import ensure_synthetic_corpus
-from ganscale.tracking import read_metrics
-from ganscale.trainer import train
+from ganscale.corpus.synthetic import ensure_synthetic_corpus
+from ganscale.outputs.tracking import read_metrics
+from ganscale.train.trainer import train
 
 pytestmark = pytest.mark.faults
 

@@ -17,8 +17,8 @@ import warnings
 import pytest
 from faultlib import TINY, one_line_error, record, run_cli, staging, verify_run
 
-from ganscale.checkpoint import CheckpointWriteError
 from ganscale.config import load_config
+from ganscale.train.checkpoint import CheckpointWriteError
 
 pytestmark = pytest.mark.faults
 
@@ -78,7 +78,7 @@ def test_enospc_in_the_writer_in_process(tmp_path, corpus_cache, monkeypatch):
     """The same fault without a mount: the 3rd checkpoint's weight writer raises ENOSPC."""
     from safetensors import torch as st
 
-    from ganscale.trainer import train
+    from ganscale.train.trainer import train
 
     real = st.save_file
     calls = {"n": 0}

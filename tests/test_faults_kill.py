@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from faultlib import Proc, percentile, record, staging, train_args, verify_checkpoint, verify_run
 
-from ganscale.checkpoint import latest_checkpoint, list_checkpoints
+from ganscale.train.checkpoint import latest_checkpoint, list_checkpoints
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
@@ -103,7 +103,7 @@ def test_kill9_at_random_points_then_resume(tmp_path, corpus_cache):
 def test_kill9_during_prune_leaves_no_half_deleted_checkpoint(tmp_path, monkeypatch):
     """Simulate the kill inside prune's rmtree of an old checkpoint (stopping after its first
     file): what remains must not be listed as a complete checkpoint."""
-    from ganscale import checkpoint as ckpt
+    from ganscale.train import checkpoint as ckpt
 
     run = tmp_path / "run"
     for step in (1, 2, 3):

@@ -11,10 +11,10 @@ import torch
 from faultlib import TINY, record
 
 from ganscale.config import load_config
-from ganscale.monitors import HealthMonitor, sample_diversity
+from ganscale.outputs.tracking import read_metrics
 from ganscale.runtime import build_runtime
-from ganscale.tracking import read_metrics
-from ganscale.trainer import Trainer
+from ganscale.train.monitors import HealthMonitor, sample_diversity
+from ganscale.train.trainer import Trainer
 
 pytestmark = pytest.mark.faults
 

@@ -15,12 +15,12 @@ import pytest
 import torch
 from faultlib import TINY, record, verify_checkpoint, verify_run
 
-from ganscale.checkpoint import latest_checkpoint, read_state
 from ganscale.config import load_config
 from ganscale.errors import GanscaleError
+from ganscale.outputs.tracking import read_metrics
 from ganscale.runtime import build_runtime
-from ganscale.tracking import read_metrics
-from ganscale.trainer import NonFiniteLoss, Trainer
+from ganscale.train.checkpoint import latest_checkpoint, read_state
+from ganscale.train.trainer import NonFiniteLoss, Trainer
 
 pytestmark = pytest.mark.faults
 

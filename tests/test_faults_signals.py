@@ -10,7 +10,7 @@ import time
 import pytest
 from faultlib import Proc, record, staging, train_args, verify_checkpoint, verify_run
 
-from ganscale.checkpoint import latest_checkpoint
+from ganscale.train.checkpoint import latest_checkpoint
 
 pytestmark = pytest.mark.faults
 

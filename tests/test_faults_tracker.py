@@ -10,8 +10,8 @@ import pytest
 from faultlib import TINY, record, run_cli
 
 from ganscale.config import load_config
-from ganscale.tracking import read_metrics
-from ganscale.trainer import train
+from ganscale.outputs.tracking import read_metrics
+from ganscale.train.trainer import train
 
 pytestmark = pytest.mark.faults
 

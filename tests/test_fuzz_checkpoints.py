@@ -17,8 +17,8 @@ from safetensors.torch import load_file, save_file
 
 from ganscale.config import load_config
 from ganscale.errors import GanscaleError
-from ganscale.export import load_generator
-from ganscale.trainer import train
+from ganscale.outputs.export import load_generator
+from ganscale.train.trainer import train
 
 pytestmark = pytest.mark.faults
 

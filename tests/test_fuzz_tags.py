@@ -8,10 +8,17 @@ from faultlib import record
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ganscale.data.layouts import _extra_row, _faces_row, scan
-from ganscale.data.vocab import EYE_COLOURS, HAIR_COLOURS, MLDS_ATTRIBUTES, TagError, format_tags, parse_tags
+from ganscale.corpus.layouts import _extra_row, _faces_row, scan
+from ganscale.corpus.vocab import (
+    EYE_COLOURS,
+    HAIR_COLOURS,
+    MLDS_ATTRIBUTES,
+    TagError,
+    format_tags,
+    parse_tags,
+)
 from ganscale.errors import GanscaleError
-from ganscale.sampling import labels_for, parse_conditions
+from ganscale.outputs.sampling import labels_for, parse_conditions
 
 pytestmark = pytest.mark.faults
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from ganscale.losses import (
+from ganscale.train.losses import (
     class_accuracy,
     class_loss,
     d_adversarial_loss,

@@ -11,9 +11,9 @@ from safetensors.torch import load_file, save_file
 
 from ganscale.config import load_config
 from ganscale.errors import GanscaleError
-from ganscale.export import load_generator
-from ganscale.sampling import sample_command
-from ganscale.trainer import train
+from ganscale.outputs.export import load_generator
+from ganscale.outputs.sampling import sample_command
+from ganscale.train.trainer import train
 
 
 @pytest.fixture(scope="module")

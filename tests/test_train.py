@@ -10,10 +10,10 @@ from conftest import REPO
 from PIL import Image
 from safetensors.torch import load_file
 
-from ganscale.checkpoint import list_checkpoints
 from ganscale.config import load_config
-from ganscale.tracking import read_metrics
-from ganscale.trainer import train
+from ganscale.outputs.tracking import read_metrics
+from ganscale.train.checkpoint import list_checkpoints
+from ganscale.train.trainer import train
 
 
 def _train(tmp_path, overrides, name="run", resume=None):

@@ -39,9 +39,9 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ganscale.config import DataConfig
-from ganscale.data.samples import augment, decode_image, image_bytes, labels_of, sample_meta, to_array
+from ganscale.corpus.vocab import MLDS_ATTRIBUTES, TagError, parse_tags
+from ganscale.data.decode import augment, decode_image, image_bytes, labels_of, sample_meta, to_array
 from ganscale.data.sources import ShardSource, resolve
-from ganscale.data.vocab import MLDS_ATTRIBUTES, TagError, parse_tags
 from ganscale.errors import GanscaleError
 
 log = logging.getLogger("ganscale.data")
@@ -506,7 +506,7 @@ class ShardStream:
 def resolve_source(cfg: DataConfig, image_size: int, progress: bool = False) -> str | list[str]:
     """data.source -> a shard folder / pattern / URL list (building the synthetic corpus if needed)."""
     if cfg.source == "synthetic":
-        from ganscale.data.corpus import ensure_synthetic_corpus
+        from ganscale.corpus.synthetic import ensure_synthetic_corpus
 
         return str(
             ensure_synthetic_corpus(

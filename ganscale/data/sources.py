@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 import braceexpand
 from webdataset.gopen import gopen_schemes as _GOPEN_SCHEMES  # the module's dispatch table
 
-from ganscale.data.pack import MANIFEST, read_manifest
+from ganscale.corpus.pack import MANIFEST, read_manifest
 from ganscale.errors import GanscaleError
 
 

@@ -48,7 +48,7 @@ def is_held_out(key: str) -> bool:
 
 
 def manifest(folder: Path) -> dict[str, Any]:
-    from ganscale.data.pack import read_manifest
+    from ganscale.corpus.pack import read_manifest
 
     return read_manifest(folder)
 
@@ -115,7 +115,7 @@ def read_corpus(
     Decoding matches the training loader (Lanczos to ``size`` when the shard's size differs),
     without augmentation.
     """
-    from ganscale.data.samples import decode_image, image_bytes, labels_of, sample_meta
+    from ganscale.data.decode import decode_image, image_bytes, labels_of, sample_meta
 
     if split not in ("train", "held_out", "all"):
         raise ValueError(f"split must be train, held_out or all, got {split!r}")
@@ -157,7 +157,7 @@ def corpus_folder(data_cfg: Any, image_size: int) -> Path:
     is a folder, else the folder of its first local shard.
     """
     if data_cfg.source == "synthetic":
-        from ganscale.data.corpus import ensure_synthetic_corpus
+        from ganscale.corpus.synthetic import ensure_synthetic_corpus
 
         return ensure_synthetic_corpus(
             data_cfg.cache_dir, data_cfg.synthetic_n, image_size, data_cfg.synthetic_seed

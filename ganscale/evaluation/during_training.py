@@ -197,7 +197,7 @@ class TrainingEvalHook:
     def export_best(self, step: int, metrics: dict[str, float]) -> Path:
         import json
 
-        from ganscale.export import export_generator
+        from ganscale.outputs.export import export_generator
 
         t = self.trainer
         best = Path(t.run_dir) / "best"

@@ -285,7 +285,7 @@ def run_corpus(run: Path) -> tuple[Path, dict[str, Any]]:
 
 
 def pick_device(device: str | None) -> torch.device:
-    from ganscale.sampling import pick_device as pick
+    from ganscale.outputs.sampling import pick_device as pick
 
     return pick(device)
 
@@ -303,7 +303,7 @@ def evaluate_run(
     """Evaluate the run's (best, else final) EMA generator; write ``out`` (default RUN/eval.json)
     and one ``confusion-<attr>.png`` per attribute beside it. Returns what was written."""
     from ganscale.evaluation.config import eval_config_of
-    from ganscale.export import find_export, load_generator
+    from ganscale.outputs.export import find_export, load_generator
 
     t0 = time.perf_counter()
     run = Path(run)

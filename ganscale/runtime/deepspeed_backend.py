@@ -62,7 +62,7 @@ from torch import nn
 
 from ganscale.config import Config
 from ganscale.errors import ConfigError, GanscaleError
-from ganscale.runtime import NETS, Runtime, _contiguous, make_adam
+from ganscale.runtime.base import NETS, Runtime, contiguous_state, make_adam
 
 _AUTOCAST_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
 _TAG = "state"  # DeepSpeed checkpoint tag inside ds_G/ and ds_D/
@@ -351,7 +351,8 @@ class DeepSpeedRuntime(Runtime):
             for net in NETS:
                 with self.gathered(net):
                     save_file(
-                        _contiguous(self.module(net).state_dict()), str(folder / f"{net.upper()}.safetensors")
+                        contiguous_state(self.module(net).state_dict()),
+                        str(folder / f"{net.upper()}.safetensors"),
                     )
         else:
             for net in NETS:  # the gather is collective under ZeRO-3

@@ -9,13 +9,13 @@ from pathlib import Path
 import webdataset as wds
 from PIL import Image
 
-from ganscale.data.contact_sheet import contact_sheet
-from ganscale.data.layouts import scan
+from ganscale.corpus.contact_sheet import contact_sheet
+from ganscale.corpus.layouts import scan
+from ganscale.corpus.pack import load_image
+from ganscale.corpus.vocab import format_tags
+from ganscale.data.decode import decode_image, image_bytes, labels_of, sample_meta
 from ganscale.data.loader import _info_from
-from ganscale.data.pack import load_image
-from ganscale.data.samples import decode_image, image_bytes, labels_of, sample_meta
 from ganscale.data.sources import local_path, resolve
-from ganscale.data.vocab import format_tags
 from ganscale.errors import GanscaleError
 
 

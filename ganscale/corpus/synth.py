@@ -17,7 +17,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from ganscale.data.vocab import EYE_COLOURS, HAIR_COLOURS
+from ganscale.corpus.vocab import EYE_COLOURS, HAIR_COLOURS
 
 SYNTH_VERSION = 1
 """Bump when the drawing changes: it keys the cached built-in corpus."""
@@ -225,7 +225,7 @@ def iter_faces(n: int, size: int, seed: int, start: int = 0) -> Iterator[tuple[i
 
 def write_synthetic(out: str | Path, n: int, size: int = 64, seed: int = 0, progress: bool = False) -> int:
     """Write the MLDS ``extra_data`` layout: ``out/images/<id>.png`` + ``out/tags.csv``."""
-    from ganscale.data.progress import progress_bar
+    from ganscale.corpus.progress import progress_bar
 
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """`ganscale bench`: time the real training step, beside a plain-PyTorch loop.
 
 What is timed is :meth:`Trainer.d_phase` + :meth:`Trainer.g_phase` of a real
-:class:`~ganscale.trainer.Trainer` (runtime, autocast, scalers, NaN checks, EMA: everything
+:class:`~ganscale.train.trainer.Trainer` (runtime, autocast, scalers, NaN checks, EMA: everything
 ``ganscale train`` runs per step), after warm-up (compilation, allocator, oneDNN/cuDNN
 algorithm choice). Logging, samples and checkpoints are not part of the step.
 
@@ -12,7 +12,7 @@ Data (``--data``):
 - ``shards``: the real streaming loader of the config's data section (``data.path`` with
   ``data.source: shards``, else the built-in synthetic corpus), with its workers.
 
-``--baseline`` runs :class:`ganscale.plain_loop.PlainLoop` (the same G, D, batch and, unless
+``--baseline`` runs :class:`ganscale.bench.plain_loop.PlainLoop` (the same G, D, batch and, unless
 ``--baseline-fp32``, the same precision and memory format) in the same process, interleaved
 with ganscale round by round (A/B, B/A, A/B...) so machine noise hits both; each side's img/s is the
 median over rounds. Both sides read the same data stream.
@@ -171,9 +171,9 @@ class Bench:
     """A real Trainer (and optionally the plain loop) on one data stream, ready to time."""
 
     def __init__(self, cfg: Config, opts: BenchOptions) -> None:
+        from ganscale.outputs.tracking import MetricsFile, NullTracker
         from ganscale.runtime import build_runtime
-        from ganscale.tracking import MetricsFile, NullTracker
-        from ganscale.trainer import Trainer
+        from ganscale.train.trainer import Trainer
 
         cfg = copy.deepcopy(cfg)
         if opts.data == DataKind.synthetic and cfg.data.source == "synthetic":
@@ -196,7 +196,7 @@ class Bench:
         self.images_per_step = cfg.train.batch_size * cfg.train.n_critic * self.trainer.grad_accum
         self.plain = None
         if opts.baseline:
-            from ganscale.plain_loop import PlainLoop
+            from ganscale.bench.plain_loop import PlainLoop
 
             precision = "no" if opts.baseline_fp32 else cfg.train.mixed_precision
             channels_last = False if opts.baseline_fp32 else cfg.train.channels_last

@@ -20,8 +20,8 @@ from typing import Any
 import webdataset as wds
 from PIL import Image
 
-from ganscale.data.layouts import Reject, scan
-from ganscale.data.progress import progress_bar
+from ganscale.corpus.layouts import Reject, scan
+from ganscale.corpus.progress import progress_bar
 from ganscale.errors import GanscaleError
 
 MANIFEST = "dataset.json"

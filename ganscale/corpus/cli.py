@@ -22,7 +22,7 @@ def synth(
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
 ) -> None:
     """Procedural anime faces with exact hair/eye colour tags (MLDS extra_data layout)."""
-    from ganscale.data.synth import write_synthetic
+    from ganscale.corpus.synth import write_synthetic
 
     if n < 1:
         raise GanscaleError(f"--n {n}: must be >= 1")
@@ -54,7 +54,7 @@ def pack(
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
 ) -> None:
     """Pack images into WebDataset shards (+ dataset.json manifest, rejects.jsonl)."""
-    from ganscale.data.pack import pack as run_pack
+    from ganscale.corpus.pack import pack as run_pack
 
     result = run_pack(
         src,
@@ -82,7 +82,7 @@ def inspect(
     from rich.console import Console
     from rich.table import Table
 
-    from ganscale.data.inspect_corpus import inspect_corpus
+    from ganscale.corpus.inspect_corpus import inspect_corpus
 
     ins = inspect_corpus(target, n=n)
     con = Console(soft_wrap=True)

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from ganscale.data.pack import MANIFEST, write_shards
-from ganscale.data.synth import SYNTH_VERSION, iter_faces
-from ganscale.data.vocab import MLDS_ATTRIBUTES
+from ganscale.corpus.pack import MANIFEST, write_shards
+from ganscale.corpus.synth import SYNTH_VERSION, iter_faces
+from ganscale.corpus.vocab import MLDS_ATTRIBUTES
 
 
 def synthetic_corpus_name(n: int, size: int, seed: int) -> str:

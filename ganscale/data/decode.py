@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ganscale.data.pack import to_rgb
-from ganscale.data.vocab import TagError, parse_tags
+from ganscale.corpus.pack import to_rgb
+from ganscale.corpus.vocab import TagError, parse_tags
 
 IMAGE_KEYS = ("png", "jpg", "jpeg", "webp", "bmp", "ppm", "img")
 
@@ -83,7 +83,7 @@ def decode_image(data: bytes, size: int) -> Image.Image:
         im.load()
         img = to_rgb(im)
     if img.size != (size, size):
-        from ganscale.data.pack import fit_square
+        from ganscale.corpus.pack import fit_square
 
         img = fit_square(img, size)
     return img

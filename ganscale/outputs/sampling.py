@@ -11,7 +11,7 @@ from PIL import Image
 from torch import nn
 
 from ganscale.errors import GanscaleError
-from ganscale.images import make_grid, save_png, to_uint8
+from ganscale.outputs.images import make_grid, save_png, to_uint8
 
 
 def pick_device(device: str | None) -> torch.device:
@@ -38,7 +38,7 @@ def parse_conditions(text: str | None, meta: dict[str, Any]) -> list[str] | None
 
 
 def labels_for(conditions: list[str], attributes: dict[str, list[str]]) -> torch.Tensor:
-    from ganscale.data.vocab import parse_tags
+    from ganscale.corpus.vocab import parse_tags
 
     return torch.tensor([parse_tags(c, attributes) for c in conditions], dtype=torch.long)
 
@@ -95,7 +95,7 @@ def sample_command(
     device: str | None = None,
 ) -> Path:
     """What `ganscale sample` does; returns the path written."""
-    from ganscale.export import load_generator
+    from ganscale.outputs.export import load_generator
 
     dev = pick_device(device)
     G, meta = load_generator(Path(run), dev)

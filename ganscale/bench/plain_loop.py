@@ -4,7 +4,7 @@ This is the loop a user would write without ganscale (pytorch/examples' DCGAN, e
 ACGAN's class loss): the same G and D (``ganscale.models``), the same batch, Adam with
 PyTorch's default implementation, ``loss.backward()`` / ``opt.step()``, no runtime object,
 no NaN policy, no derived per-step noise generators. It runs the same algorithm as
-:class:`ganscale.trainer.Trainer` so the two do the same arithmetic:
+:class:`ganscale.train.trainer.Trainer` so the two do the same arithmetic:
 
 - D step: a fresh fake from G under ``no_grad``; D on real and fake; BCE (non-saturating
   GAN loss) + the class loss for conditional D.

@@ -72,7 +72,7 @@ def find_export(path: Path) -> tuple[Path, Path]:
     ):
         if weights.is_file():
             return weights, meta
-    from ganscale.checkpoint import latest_checkpoint
+    from ganscale.train.checkpoint import latest_checkpoint
 
     ref = latest_checkpoint(path)
     if ref is not None:

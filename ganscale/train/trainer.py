@@ -20,17 +20,17 @@ from typing import Any
 
 import torch
 
-from ganscale import checkpoint as ckpt
-from ganscale import losses
 from ganscale.config import Config, save_config
-from ganscale.ema import EMA
 from ganscale.errors import GanscaleError
 from ganscale.evaluation.during_training import TrainingEvalHook
-from ganscale.export import export_generator, generator_meta
-from ganscale.images import make_grid, plot_losses, save_png
-from ganscale.monitors import HealthMonitor, HealthWarning
+from ganscale.outputs.export import export_generator, generator_meta
+from ganscale.outputs.images import make_grid, plot_losses, save_png
+from ganscale.outputs.tracking import MetricsFile, build_tracker, read_metrics
 from ganscale.runtime import Runtime, build_runtime, finite
-from ganscale.tracking import MetricsFile, build_tracker, read_metrics
+from ganscale.train import checkpoint as ckpt
+from ganscale.train import losses
+from ganscale.train.ema import EMA
+from ganscale.train.monitors import HealthMonitor, HealthWarning
 
 # Rows of the fixed sample grid for conditional runs: the study's conditions where the corpus
 # has those colours (the first combinations of the vocabulary otherwise).
@@ -375,7 +375,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ samples and export
     def sample_conditions(self) -> list[str] | None:
-        from ganscale.data.vocab import parse_tags
+        from ganscale.corpus.vocab import parse_tags
 
         if not self.attributes:
             return None
@@ -396,7 +396,7 @@ class Trainer:
 
     @torch.no_grad()
     def fixed_grid(self) -> torch.Tensor:
-        from ganscale.sampling import generate
+        from ganscale.outputs.sampling import generate
 
         conditions = self.sample_conditions()
         return generate(

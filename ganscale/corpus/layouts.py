@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ganscale.data.vocab import (
+from ganscale.corpus.vocab import (
     EYE_COLOURS,
     HAIR_COLOURS,
     MLDS_ATTRIBUTES,
