@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ganscale.config import Config
-from ganscale.runtime.base import NETS, Runtime, contiguous_state, make_adam
+from ganscale.runtime.base import NETS, BatchPlan, Runtime, contiguous_state, make_adam
 
 
 class AccelerateRuntime(Runtime):
@@ -46,6 +46,7 @@ class AccelerateRuntime(Runtime):
         self.local_rank = state.local_process_index
         self._init_precision(cfg.train.mixed_precision)
         self.cfg = cfg
+        self.plan = BatchPlan.of(cfg, self.world_size)
 
     def setup(self, G: nn.Module, D: nn.Module) -> None:
         """Place, wrap and build optimizers for both networks."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,33 @@ def make_adam(
     return torch.optim.Adam(params, lr=lr, betas=betas, **kwargs)
 
 
+@dataclass(frozen=True)
+class BatchPlan:
+    """How many images one optimizer step takes, worked out once from the config and the
+    process count (``train.global_batch`` wins over ``train.grad_accum``) and passed down."""
+
+    batch_size: int
+    """Images per process per micro-step."""
+    grad_accum: int
+    """Micro-steps per optimizer step."""
+    world_size: int
+    n_critic: int
+
+    @classmethod
+    def of(cls, cfg: Config, world_size: int) -> BatchPlan:
+        return cls(cfg.train.batch_size, cfg.grad_accum_for(world_size), world_size, cfg.train.n_critic)
+
+    @property
+    def global_batch(self) -> int:
+        """Images per optimizer step across all processes."""
+        return self.batch_size * self.grad_accum * self.world_size
+
+    @property
+    def images_per_step(self) -> int:
+        """Real images D sees per training step (all D updates, all processes)."""
+        return self.global_batch * self.n_critic
+
+
 class Runtime:
     """Interface shared by the backends (see module docstring)."""
 
@@ -51,6 +79,7 @@ class Runtime:
     G: nn.Module
     D: nn.Module
     opt: dict[str, torch.optim.Optimizer]
+    plan: BatchPlan
 
     @property
     def is_main(self) -> bool:

@@ -62,7 +62,7 @@ from torch import nn
 
 from ganscale.config import Config
 from ganscale.errors import ConfigError, GanscaleError
-from ganscale.runtime.base import NETS, Runtime, contiguous_state, make_adam
+from ganscale.runtime.base import NETS, BatchPlan, Runtime, contiguous_state, make_adam
 
 _AUTOCAST_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
 _TAG = "state"  # DeepSpeed checkpoint tag inside ds_G/ and ds_D/
@@ -255,7 +255,8 @@ class DeepSpeedRuntime(Runtime):
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.mixed_precision)
         # Loss scaling is the engines' (one GradScaler each); the base class's scalers stay off.
         self.scalers = {net: torch.amp.GradScaler(self.device.type, enabled=False) for net in NETS}
-        self.grad_accum = cfg.grad_accum_for(self.world_size)
+        self.plan = BatchPlan.of(cfg, self.world_size)
+        self.grad_accum = self.plan.grad_accum
         self._backwards = dict.fromkeys(NETS, 0)
 
     # ---- setup ------------------------------------------------------------------------
