@@ -1,72 +1,60 @@
-"""Worker for the multi-process runtime tests (run under torchrun; not collected by pytest).
+"""Worker for the multi-process tests (run under torchrun; not collected by pytest).
 
-It drives :class:`ganscale.runtime.base.Runtime` objects with the trainer's calling pattern (a D
-phase of ``grad_accum`` backward calls then one step; a G phase through ``rt.module("d")``
-with D frozen) on tiny networks with BatchNorm, and writes what the test compares to
+It drives the real :class:`ganscale.train.trainer.Trainer` (``Trainer.step()``: D phase, G phase,
+NaN check, EMA, counters) on a tiny DCGAN config, with in-memory data and noise keyed by
+(step, slot), slot = rank * grad_accum + micro: 2 processes x 1 micro-batch and 1 process x 2
+micro-batches see the same global batch, slot by slot. It writes what the test compares to
 ``OUT/rank{r}.json`` and ``OUT/*.safetensors``.
 
-    torchrun --nproc_per_node 2 tests/dist_worker.py equivalence OUT --stage 2 --steps 3
+    torchrun --nproc_per_node 2 tests/dist_worker.py equivalence OUT --stages 0,1,2 --steps 3
     torchrun --nproc_per_node 2 tests/dist_worker.py resume OUT --stage 2 --save
     torchrun --nproc_per_node 2 tests/dist_worker.py first_steps OUT --batch 4 --no-norm
     torchrun --nproc_per_node 1 tests/dist_worker.py first_steps OUT --batch 8 --slots 2 --no-norm
+
+``--break no_sync`` / ``--break freeze`` are negative controls: they patch the trainer's run
+so that it no longer suspends the gradient all-reduce during accumulation micro-steps, or no
+longer freezes D in the G phase; the tests assert that the result then changes.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ganscale.config import config_from_dict  # noqa: E402
+from ganscale.config import Config, config_from_dict  # noqa: E402
 
 Z = 8
+SIZE = 16
+NORM = [True]  # BatchNorm in G and D (off for batch-size equivalence: BN statistics aside)
+SLOTS = [1]  # with --slots K a micro-batch is K slots of batch/K samples (1 process x 2B = 2 slots of B)
+BREAK: list[str] = []  # negative controls: "no_sync", "freeze"
 
 
-NORM = [True]  # BatchNorm in the tiny nets (off for batch-size equivalence: BN statistics aside)
-
-
-def _bn(c: int) -> nn.Module:
-    return nn.BatchNorm2d(c) if NORM[0] else nn.Identity()
-
-
-class TinyG(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc = nn.Linear(Z, 16 * 4 * 4, bias=False)  # no bias before BN: its gradient is ~0,
-        # and Adam turns ~0 (rounding noise) into full-size steps that no tolerance survives
-        self.bn = _bn(16)
-        self.up = nn.ConvTranspose2d(16, 3, 4, 2, 1)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        x = self.fc(z).view(-1, 16, 4, 4)
-        return torch.tanh(self.up(F.relu(self.bn(x))))
-
-
-class TinyD(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 16, 4, 2, 1, bias=False)
-        self.bn = _bn(16)
-        self.fc = nn.Linear(16 * 4 * 4, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(F.leaky_relu(self.bn(self.conv(x)), 0.2).flatten(1)).squeeze(1)
-
-
-def make_cfg(backend: str, stage: int, batch: int, accum: int, precision: str = "no") -> object:
+def make_cfg(backend: str, stage: int, batch: int, accum: int, precision: str = "no") -> Config:
     return config_from_dict(
         {
             "backend": backend,
             "deepspeed": {"zero_stage": stage},
+            "model": {
+                "arch": "dcgan",
+                "conditional": False,
+                "image_size": SIZE,
+                "z_dim": Z,
+                "g_channels": 4,
+                "d_channels": 4,
+                "d_norm": "batch" if NORM[0] else "none",
+            },
             "train": {
                 "batch_size": batch,
                 "grad_accum": accum,
@@ -76,14 +64,11 @@ def make_cfg(backend: str, stage: int, batch: int, accum: int, precision: str = 
                 "channels_last": False,
             },
             "optim": {"g_lr": 1e-3, "d_lr": 1e-3},
+            "log": {"tracker": "none", "progress": False, "sample_every": 0},
+            "checkpoint": {"every": 0},
+            "eval": {"every": 0},
         }
     )
-
-
-# Data and noise depend on (step, slot), slot = rank * grad_accum + micro: 2 processes x 1
-# micro-batch and 1 process x 2 micro-batches see the same global batch, slot by slot.
-# With --slots K a micro-batch is K slots of batch/K samples (1 process x 2B = 2 slots of B).
-SLOTS = [1]
 
 
 def real_batch(step: int, slot: int, batch: int) -> torch.Tensor:
@@ -91,11 +76,11 @@ def real_batch(step: int, slot: int, batch: int) -> torch.Tensor:
     parts = []
     for j in range(k):
         g = torch.Generator().manual_seed(1000 * step + slot * k + j)
-        parts.append(torch.rand(batch // k, 3, 8, 8, generator=g) * 2 - 1)
+        parts.append(torch.rand(batch // k, 3, SIZE, SIZE, generator=g) * 2 - 1)
     return torch.cat(parts)
 
 
-def noise(step: int, phase: int, slot: int, batch: int) -> torch.Tensor:
+def slot_noise(step: int, phase: int, slot: int, batch: int) -> torch.Tensor:
     k = SLOTS[0]
     parts = []
     for j in range(k):
@@ -104,45 +89,126 @@ def noise(step: int, phase: int, slot: int, batch: int) -> torch.Tensor:
     return torch.cat(parts)
 
 
-def bce(logits: torch.Tensor, target: float) -> torch.Tensor:
-    return F.binary_cross_entropy_with_logits(logits.float(), torch.full_like(logits.float(), target))
+class SlotData:
+    """The trainer's data: for each step, ``grad_accum`` micro-batches of slots rank*accum+micro.
+    Its position (saved with checkpoints) is the next step to read."""
+
+    info = SimpleNamespace(attributes={})
+
+    def __init__(self, rank: int, accum: int, batch: int) -> None:
+        self.rank, self.accum, self.batch = rank, accum, batch
+        self.start, self.consumed = 0, 0
+
+    def __iter__(self):
+        self.consumed = 0
+        step = self.start
+        while True:
+            for micro in range(self.accum):
+                self.consumed += 1
+                real = real_batch(step, self.rank * self.accum + micro, self.batch)
+                yield real, torch.zeros(self.batch, 0, dtype=torch.int64)
+            step += 1
+
+    def stats(self) -> dict[str, int]:
+        return {}
+
+    def state_dict(self) -> dict:
+        return {"rank": self.rank, "step": self.start + self.consumed // self.accum}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.start, self.consumed = state["step"], 0
 
 
-def train_steps(rt, steps: int, first: int = 0, freeze_d: bool = True, report: dict | None = None) -> None:
-    """The trainer's two phases, on the Runtime interface only."""
-    accum, batch = rt.cfg.train.grad_accum, rt.cfg.train.batch_size
-    for step in range(first, first + steps):
-        for micro in range(accum):
-            real = real_batch(step, rt.rank * accum + micro, batch).to(rt.device)
-            z = noise(step, 1, rt.rank * accum + micro, batch).to(rt.device)
-            with rt.no_sync("d", enabled=micro < accum - 1), rt.autocast():
-                with torch.no_grad():
-                    fake = rt.G(z)
-                loss = bce(rt.D(real), 1.0) + bce(rt.D(fake), 0.0)
-                rt.backward(loss / accum, "d")
-        rt.step("d")
+class SlotNoise:
+    """The trainer's noise source, keyed by (step, phase, slot) like :class:`SlotData`."""
+
+    def __init__(self, rank: int, accum: int, device: torch.device) -> None:
+        self.rank, self.accum, self.device = rank, accum, device
+
+    def draw(self, step: int, batch: int, net: str, micro: int, critic: int = 0):
+        phase = 1 if net == "d" else 0
+        return slot_noise(step, phase, self.rank * self.accum + micro, batch).to(self.device), None
+
+
+def _without_batchnorm(build):
+    def wrapped(*args, **kwargs) -> nn.Module:
+        module = build(*args, **kwargs)
+        for parent in list(module.modules()):
+            for name, child in list(parent.named_children()):
+                if isinstance(child, nn.BatchNorm2d):
+                    setattr(parent, name, nn.Identity())
+        return module
+
+    return wrapped
+
+
+def build(backend: str, stage: int, batch: int, accum: int, out: Path, precision: str = "no", resume=None):
+    """A real Trainer on a real runtime, fed by SlotData/SlotNoise (and broken when asked)."""
+    import ganscale.models
+    from ganscale.outputs.tracking import MetricsFile, NullTracker
+    from ganscale.runtime.accelerate_backend import AccelerateRuntime
+    from ganscale.runtime.deepspeed_backend import DeepSpeedRuntime
+    from ganscale.train.trainer import Trainer
+
+    cfg = make_cfg(backend, stage, batch, accum, precision)
+    rt = DeepSpeedRuntime(cfg) if backend == "deepspeed" else AccelerateRuntime(cfg)
+    builder = ganscale.models.build_generator
+    if not NORM[0]:  # the DCGAN generator always has BatchNorm: take it out (D: d_norm none)
+        ganscale.models.build_generator = _without_batchnorm(builder)
+    try:
+        data = SlotData(rt.rank, rt.plan.grad_accum, rt.plan.batch_size)
+        trainer = Trainer(
+            cfg, out, rt, resume=resume, data=data, tracker=NullTracker(), metrics=MetricsFile(None)
+        )
+    finally:
+        ganscale.models.build_generator = builder
+    trainer.noise = SlotNoise(rt.rank, rt.plan.grad_accum, rt.device)
+    if "no_sync" in BREAK:  # the trainer no longer suspends the all-reduce of micro-steps
+        rt.no_sync = lambda net, enabled: contextlib.nullcontext()
+    if "freeze" in BREAK:  # the trainer no longer freezes D in the G phase
         D = rt.module("d")
-        if freeze_d:
-            D.requires_grad_(False)
-        try:
-            for micro in range(accum):
-                z = noise(step, 0, rt.rank * accum + micro, batch).to(rt.device)
-                with rt.no_sync("g", enabled=micro < accum - 1), rt.autocast():
-                    loss = bce(D(rt.G(z)), 1.0)
-                    rt.backward(loss / accum, "g")
-        finally:
-            D.requires_grad_(True)
-        if report is not None:
-            report.setdefault("d_grads_after_g", []).append(d_gradient_left(rt))
-        norm = rt.step("g")
-        if report is not None:
-            report.setdefault("g_norm", []).append(float(norm))
-            report.setdefault("g_loss", []).append(float(loss.detach()))
+        D.requires_grad_ = lambda requires_grad=True: D
+    return trainer
+
+
+def count_reductions(trainer) -> dict[str, list[int]] | None:
+    """Gradient all-reduce rounds of DDP per network (None when not under DDP)."""
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+    counts: dict[str, list[int]] = {}
+    for net, model in (("g", trainer.rt.G), ("d", trainer.rt.D)):
+        if not isinstance(model, nn.parallel.DistributedDataParallel):
+            return None
+        box = counts.setdefault(net, [0])
+
+        def hook(state, bucket, box=box):
+            if bucket.is_last():
+                box[0] += 1
+            return allreduce_hook(None, bucket)
+
+        model.register_comm_hook(None, hook)
+    return counts
+
+
+def train_steps(trainer, steps: int, report: dict | None = None) -> None:
+    """``steps`` real training steps; per step, what D holds and what was reduced."""
+    counts = count_reductions(trainer) if report is not None else None
+    for _ in range(steps):
+        before = {k: v[0] for k, v in counts.items()} if counts else {}
+        record = trainer.step()
+        if report is None:
+            continue
+        report.setdefault("d_grads_after_g", []).append(d_gradient_left(trainer.rt))
+        report.setdefault("g_norm", []).append(float(record["grad_norm/g"]))
+        report.setdefault("g_loss", []).append(float(record["loss/g"]))
+        if counts:
+            for net, box in counts.items():
+                report.setdefault(f"reductions_{net}", []).append(box[0] - before[net])
 
 
 def d_gradient_left(rt) -> float:
-    """Sum of |grad| D holds anywhere after the G phase: parameters and, under ZeRO, the
-    engine's reduced partitions and bucket buffers."""
+    """Sum of |grad| D holds anywhere after a step (after the G phase): parameters and, under
+    ZeRO, the engine's reduced partitions and bucket buffers."""
     total = 0.0
     for p in rt.module("d").parameters():
         if p.grad is not None:
@@ -162,17 +228,6 @@ def d_gradient_left(rt) -> float:
     return total
 
 
-def build(backend: str, stage: int, batch: int, accum: int, precision: str = "no"):
-    from ganscale.runtime.accelerate_backend import AccelerateRuntime
-    from ganscale.runtime.deepspeed_backend import DeepSpeedRuntime
-
-    cfg = make_cfg(backend, stage, batch, accum, precision)
-    rt = DeepSpeedRuntime(cfg) if backend == "deepspeed" else AccelerateRuntime(cfg)
-    torch.manual_seed(0)
-    rt.setup(TinyG(), TinyD())
-    return rt
-
-
 def weights(rt) -> dict[str, torch.Tensor]:
     out = {}
     for net in ("g", "d"):
@@ -186,33 +241,44 @@ def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], params_only
     return max(float((a[k] - b[k]).abs().max()) for k in keys)
 
 
+def _release(trainer) -> None:
+    trainer.close()
+    trainer.rt.engines = {}
+
+
 def equivalence(args: argparse.Namespace) -> dict:
     """ZeRO stages vs the Accelerate (DDP) backend: same seed, fp32, same data."""
+    out = Path(args.out)
     report: dict = {}
-    plain = build("accelerate", 0, args.batch, args.accum)
-    train_steps(plain, args.steps)
-    ref = weights(plain)
+    plain = build("accelerate", 0, args.batch, args.accum, out / "plain")
+    r: dict = {}
+    train_steps(plain, args.steps, report=r)
+    report["accelerate"] = r
+    ref = weights(plain.rt)
+    plain.close()
     for stage in args.stages:
-        ds = build("deepspeed", stage, args.batch, args.accum)
-        r: dict = {}
+        ds = build("deepspeed", stage, args.batch, args.accum, out / f"stage{stage}")
+        r = {}
         train_steps(ds, args.steps, report=r)
-        w = weights(ds)
+        w = weights(ds.rt)
         r["diff"] = max_diff(ref, w)
         r["per_key"] = {k: float((ref[k] - w[k]).abs().max()) for k in ref}
-        ds.engines = {}
+        _release(ds)
         if args.negative and stage > 0:
-            # Negative control: the same run without freezing D in the G step.
-            unfrozen = build("deepspeed", stage, args.batch, args.accum)
+            # Negative control: the same run with the trainer no longer freezing D in the G phase.
+            BREAK.append("freeze")
+            unfrozen = build("deepspeed", stage, args.batch, args.accum, out / f"unfrozen{stage}")
+            BREAK.remove("freeze")
             try:
-                train_steps(unfrozen, args.steps, freeze_d=False)
-                r["unfrozen_diff"] = max_diff(ref, weights(unfrozen))
+                train_steps(unfrozen, args.steps)
+                r["unfrozen_diff"] = max_diff(ref, weights(unfrozen.rt))
             except Exception as e:  # noqa: BLE001 - the error is the result (stage 2)
                 r["unfrozen_error"] = f"{type(e).__name__}: {e}"
-            unfrozen.engines = {}
+            _release(unfrozen)
         report[f"stage{stage}"] = r
         torch.distributed.barrier()
-    report["world_size"] = plain.world_size
-    plain.end()
+    report["world_size"] = plain.rt.world_size
+    plain.rt.end()
     return report
 
 
@@ -222,14 +288,16 @@ def first_steps(args: argparse.Namespace) -> dict:
 
     report: dict = {}
     for backend in args.backends:
-        rt = build(backend, args.stage, args.batch, args.accum)
-        train_steps(rt, args.steps)
+        trainer = build(backend, args.stage, args.batch, args.accum, Path(args.out) / f"run-{backend}")
+        rt = trainer.rt
+        r: dict = {}
+        train_steps(trainer, args.steps, report=r)
+        report[backend] = r
         if rt.is_main:
             save_file(weights(rt), str(Path(args.out) / f"first-{backend}-{rt.world_size}.safetensors"))
         report["world_size"] = rt.world_size
         rt.barrier()
-        if backend == "deepspeed":
-            rt.engines = {}
+        _release(trainer)
     return report
 
 
@@ -244,7 +312,7 @@ def data(args: argparse.Namespace) -> dict:
     rt = DeepSpeedRuntime(cfg) if args.backends[0] == "deepspeed" else AccelerateRuntime(cfg)
     dc = DataConfig(cache_dir=args.cache, synthetic_n=64, shuffle_buffer=16, pin_memory=False)
     stream = build_loader(
-        dc, image_size=16, batch_size=args.batch, seed=0, rank=rt.rank, world_size=rt.world_size
+        dc, image_size=16, batch_size=rt.plan.batch_size, seed=0, rank=rt.rank, world_size=rt.world_size
     )
     keys, it = [], stream.iter_with_keys()
     for _ in range(args.steps):
@@ -257,42 +325,40 @@ def data(args: argparse.Namespace) -> dict:
 
 
 def resume(args: argparse.Namespace) -> dict:
-    """Save after `steps`, continue `steps` more; a fresh runtime loads and continues the
-    same `steps`: the two must agree exactly. Run on N processes with --save, or on M
-    processes to load a checkpoint written on N (elastic)."""
+    """Checkpoint (the trainer's own protocol) after `steps`, continue `steps` more; a fresh
+    trainer resumes from that checkpoint and continues the same `steps`: the two must agree
+    exactly. Run on N processes with --save, or on M processes to load a checkpoint written on
+    N (elastic)."""
+    from safetensors.torch import save_file
+
     from ganscale.runtime.deepspeed_backend import DeepSpeedRuntime
 
-    folder = Path(args.out) / "ckpt"
+    out = Path(args.out)
+    run_dir = out / "run"
+    folder = run_dir / "checkpoints" / f"step-{args.steps:07d}"
     report: dict = {}
-    rt = build("deepspeed", args.stage, args.batch, args.accum, args.precision)
     if args.save:
-        train_steps(rt, args.steps)
-        if rt.is_main:
-            folder.mkdir(parents=True, exist_ok=True)
-        rt.barrier()
-        rt.save_training_state(folder)
-        rt.barrier()
-        train_steps(rt, args.steps, first=args.steps)
-        final = weights(rt)
-        if rt.is_main:
-            from safetensors.torch import save_file
-
-            save_file(final, str(Path(args.out) / f"continued-{rt.world_size}.safetensors"))
-    rt.end()
-    del rt
-    gc.collect()
-    rt2 = build("deepspeed", args.stage, args.batch, args.accum, args.precision)
-    assert isinstance(rt2, DeepSpeedRuntime)
-    rt2.load_training_state(folder)
+        trainer = build("deepspeed", args.stage, args.batch, args.accum, run_dir, args.precision)
+        train_steps(trainer, args.steps)
+        trainer.save()
+        train_steps(trainer, args.steps)
+        if trainer.rt.is_main:
+            save_file(weights(trainer.rt), str(out / f"continued-{trainer.rt.world_size}.safetensors"))
+        trainer.close()
+        trainer.rt.end()
+        del trainer
+        gc.collect()
+    resumed = build("deepspeed", args.stage, args.batch, args.accum, run_dir, args.precision, str(folder))
+    rt2 = resumed.rt
+    assert isinstance(rt2, DeepSpeedRuntime) and resumed.state.step == args.steps
     loaded = weights(rt2)
-    train_steps(rt2, args.steps, first=args.steps)
+    train_steps(resumed, args.steps)
     final2 = weights(rt2)
     if rt2.is_main:
-        from safetensors.torch import save_file
-
-        save_file(loaded, str(Path(args.out) / f"loaded-{rt2.world_size}.safetensors"))
-        save_file(final2, str(Path(args.out) / f"resumed-{rt2.world_size}.safetensors"))
+        save_file(loaded, str(out / f"loaded-{rt2.world_size}.safetensors"))
+        save_file(final2, str(out / f"resumed-{rt2.world_size}.safetensors"))
     report["world_size"] = rt2.world_size
+    resumed.close()
     rt2.end()
     return report
 
@@ -313,10 +379,12 @@ def main() -> None:
     ap.add_argument("--slots", type=int, default=1)
     ap.add_argument("--no-norm", action="store_true")
     ap.add_argument("--backends", type=lambda v: v.split(","), default=["accelerate"])
+    ap.add_argument("--break", dest="breaks", action="append", default=[], choices=["no_sync", "freeze"])
     args = ap.parse_args()
     torch.set_num_threads(1)
     SLOTS[0] = args.slots
     NORM[0] = not args.no_norm
+    BREAK[:] = args.breaks
     Path(args.out).mkdir(parents=True, exist_ok=True)
     modes = {"equivalence": equivalence, "resume": resume, "first_steps": first_steps, "data": data}
     report = modes[args.mode](args)

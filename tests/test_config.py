@@ -95,3 +95,25 @@ def test_valid_keys_lists_dotted_names():
         "backend",
     ):
         assert k in keys
+
+
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("train.batch_size=true", "train.batch_size: expected int, got True"),
+        ("data.hflip=1", "data.hflip: expected bool, got 1"),
+        ("train.batch_size=3.5", "train.batch_size: expected int, got 3.5"),
+    ],
+)
+def test_yaml_values_are_not_coerced_loosely(override, needle):
+    # what pydantic's lax mode would accept (see ganscale/config/load.py)
+    with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
+        load_config("configs/tiny.yaml", [override])
+
+
+def test_yaml_1_1_quirks_are_read_as_meant(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  max_steps: 2\n  mixed_precision: no\noptim:\n  g_lr: 2e-4\nlog:\n")
+    cfg = load_config(path)
+    assert cfg.optim.g_lr == pytest.approx(2e-4) and cfg.train.mixed_precision == "no"
+    assert cfg.log.every == Config().log.every  # an empty section keeps its defaults

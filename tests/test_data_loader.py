@@ -13,7 +13,8 @@ from ganscale.config import DataConfig
 from ganscale.corpus.pack import pack
 from ganscale.corpus.synth import write_synthetic
 from ganscale.corpus.vocab import EYE_COLOURS, HAIR_COLOURS
-from ganscale.data.loader import ShardStream, build_loader, read_corpus_info
+from ganscale.data.info import read_corpus_info
+from ganscale.data.loader import ShardStream, build_loader
 from ganscale.errors import GanscaleError
 
 N, SHARDS, B, S = 64, 8, 16, 16
@@ -67,7 +68,7 @@ def keys_of(batches):
 
 def test_one_epoch_exact_labels_and_range(corpus):
     s = stream(corpus)
-    assert s.info.num_samples == N and s.info.num_shards == SHARDS and s.info.image_size == S
+    assert s.info.num_records == N and s.info.num_shards == SHARDS and s.info.image_size == S
     assert list(s.info.attributes) == ["hair", "eyes"]
     assert s.batches_per_epoch == N // B
     batches = take(s, s.batches_per_epoch)
@@ -198,7 +199,7 @@ def test_pipe_urls_need_allow_pipe(corpus):
 
 def test_brace_pattern_uses_manifest_beside_it(corpus):
     info = read_corpus_info(f"{corpus}/data-{{000000..000003}}.tar")
-    assert info.num_shards == 4 and info.num_samples == N // 2 and info.attributes["hair"] == HAIR_COLOURS
+    assert info.num_shards == 4 and info.num_records == N // 2 and info.attributes["hair"] == HAIR_COLOURS
 
 
 def test_fewer_shards_than_readers_switches_to_resampled(corpus, caplog):
@@ -233,9 +234,9 @@ def test_shardwriter_shards_are_read(tmp_path):
                 }
             )
     info = read_corpus_info(str(tmp_path / "ext-{000000..000003}.tar"))
-    assert info.num_samples == 24 and info.num_shards == 4 and info.image_size == S
+    assert info.num_records == 24 and info.num_shards == 4 and info.image_size == S
     assert list(info.attributes) == ["hair", "eyes"]
-    assert read_corpus_info(tmp_path).num_samples == 24  # a folder of shards without dataset.json
+    assert read_corpus_info(tmp_path).num_records == 24  # a folder of shards without dataset.json
     s = stream(tmp_path / "ext-{000000..000003}.tar", batch=8, rotate_degrees=0, hflip=False)
     for images, labels, keys in take(s, 3):
         for lab, k in zip(labels.tolist(), keys, strict=True):
@@ -263,7 +264,7 @@ def test_workers_exact_epoch_and_resume(corpus):
 def test_synthetic_source_is_built_once(tmp_path):
     c = DataConfig(cache_dir=str(tmp_path), synthetic_n=32, num_workers=0, pin_memory=False)
     s = build_loader(c, image_size=16, batch_size=8, seed=0, rank=1, world_size=2)
-    assert s.info.num_samples == 32 and s.info.num_shards >= 8 and list(s.info.attributes) == ["hair", "eyes"]
+    assert s.info.num_records == 32 and s.info.num_shards >= 8 and list(s.info.attributes) == ["hair", "eyes"]
     manifest = next(tmp_path.glob("synthetic-*/shards/dataset.json"))
     stamp = manifest.stat().st_mtime_ns
     build_loader(c, image_size=16, batch_size=8, seed=0, rank=0, world_size=2)
@@ -317,7 +318,7 @@ def test_fsspec_urls_stream_and_missing_backends_are_named(corpus):
     for i in range(2):
         fs.pipe(f"/ganscale-test/data-{i:06d}.tar", (corpus / f"data-{i:06d}.tar").read_bytes())
     s = stream("memory://ganscale-test/data-{000000..000001}.tar", batch=8)
-    assert s.info.num_samples == 16 and list(s.info.attributes) == ["hair", "eyes"]  # counted remotely
+    assert s.info.num_records == 16 and list(s.info.attributes) == ["hair", "eyes"]  # counted remotely
     keys = keys_of(take(s, s.batches_per_epoch))
     assert len(set(keys)) == 16
     try:

@@ -11,7 +11,8 @@ from distlib import REPO, accelerate, has_deepspeed, max_diff, metrics, run, tin
 
 from ganscale.config import config_from_dict
 from ganscale.errors import ConfigError
-from ganscale.runtime.deepspeed_backend import ds_config
+from ganscale.runtime.base import BatchPlan
+from ganscale.runtime.deepspeed_config import ds_config
 
 ZERO2_JSON = REPO / "launch" / "deepspeed" / "zero2.json"
 needs_ds = pytest.mark.skipif(not has_deepspeed(), reason="deepspeed not installed")
@@ -36,7 +37,7 @@ def test_launch_json_files_are_what_the_backend_builds(stage):
             "train": {"mixed_precision": "bf16", "batch_size": 32, "grad_accum": 2},
         }
     )
-    built = ds_config(cfg, world_size=8)
+    built = ds_config(cfg, BatchPlan.of(cfg, world_size=8))
 
     def check(ship: dict, got: dict, where: str) -> None:
         for k, v in ship.items():
@@ -69,12 +70,12 @@ def test_user_deepspeed_json_merges_and_cannot_contradict(tmp_path):
         )
     )
     cfg.deepspeed.config = str(f)
-    built = ds_config(cfg, 1)
+    built = ds_config(cfg, BatchPlan.of(cfg, 1))
     assert built["zero_optimization"]["overlap_comm"] is True
     assert built["train_micro_batch_size_per_gpu"] == cfg.train.batch_size
     f.write_text(json.dumps({"zero_optimization": {"stage": 3}}))
     with pytest.raises(ConfigError, match="zero_optimization.stage"):
-        ds_config(cfg, 1)
+        ds_config(cfg, BatchPlan.of(cfg, 1))
     with pytest.raises(ConfigError, match="deepspeed.config: no such file"):
         config_from_dict({"backend": "deepspeed", "deepspeed": {"config": str(tmp_path / "nope.json")}})
 
@@ -83,12 +84,14 @@ def test_user_deepspeed_json_merges_and_cannot_contradict(tmp_path):
 @needs_ds
 @pytest.mark.distributed
 def test_g_step_leaves_no_gradient_in_d_and_zero_matches_plain(tmp_path):
-    """Two processes, grad_accum 2, fp32, BatchNorm in both nets, same seed and data:
-    ZeRO-0/1/2 weights after 3 D+G steps equal the Accelerate (DDP) backend's; after each
-    G step D holds no gradient anywhere (params, ZeRO partitions). Negative control: without
-    freezing D, ZeRO-1 trains silently wrong and ZeRO-2 refuses."""
+    """The real Trainer on two processes, grad_accum 2, fp32, BatchNorm in both nets, same seed
+    and data: ZeRO-0/1/2 weights after 3 steps equal the Accelerate (DDP) backend's; after each
+    step D holds no gradient anywhere (params, ZeRO partitions). Negative control: with the
+    trainer patched to stop freezing D in the G phase, ZeRO-1 trains silently wrong and ZeRO-2
+    refuses."""
     r = worker(2, "equivalence", tmp_path, "--stages", "0,1,2", "--steps", "3", "--accum", "2", "--negative")
     assert r["world_size"] == 2
+    assert r["accelerate"]["d_grads_after_g"] == [0.0, 0.0, 0.0]
     for stage in (0, 1, 2):
         s = r[f"stage{stage}"]
         assert s["d_grads_after_g"] == [0.0, 0.0, 0.0], f"stage {stage}: D kept G-step gradients"

@@ -19,14 +19,32 @@ BACKENDS = [
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_two_processes_batch_b_step_like_one_process_batch_2b(tmp_path, backend):
-    """First step (D then G) of 2 processes x batch 4 == 1 process x batch 8 holding the same
-    8 samples and noise: gradients averaged right, data split right. No BatchNorm in these
-    nets (per-rank BatchNorm statistics differ by design)."""
+    """First step (D then G) of the real Trainer, 2 processes x batch 4 == 1 process x batch 8
+    holding the same 8 samples and noise: gradients averaged right, data split right. No
+    BatchNorm in these nets (per-rank BatchNorm statistics differ by design)."""
     common = ["--no-norm", "--steps", "1", "--backends", backend, "--stage", "2"]
-    assert worker(2, "first_steps", tmp_path, "--batch", "4", *common)["world_size"] == 2
-    assert worker(1, "first_steps", tmp_path, "--batch", "8", "--slots", "2", *common)["world_size"] == 1
+    two_procs = worker(2, "first_steps", tmp_path, "--batch", "4", *common)
+    assert two_procs["world_size"] == 2
+    one_proc = worker(1, "first_steps", tmp_path, "--batch", "8", "--slots", "2", *common)
+    assert one_proc["world_size"] == 1
     two, one = tmp_path / f"first-{backend}-2.safetensors", tmp_path / f"first-{backend}-1.safetensors"
     assert max_diff(two, one) < 1e-6
+    assert two_procs[backend]["d_grads_after_g"] == one_proc[backend]["d_grads_after_g"] == [0.0]
+
+
+def test_accumulation_reduces_once_per_step_and_leaves_no_gradient_in_d(tmp_path):
+    """The real Trainer on 2 processes (DDP), grad_accum 2: one gradient all-reduce per network
+    per step (the first micro-step runs under no_sync), and after the G phase D holds no
+    gradient. Negative controls: the trainer patched to stop calling no_sync reduces on every
+    micro-step; patched to stop freezing D in the G phase leaves G-step gradients in D."""
+    common = ["--steps", "2", "--accum", "2", "--backends", "accelerate"]
+    r = worker(2, "first_steps", tmp_path / "ok", *common)["accelerate"]
+    assert r["reductions_d"] == [1, 1] and r["reductions_g"] == [1, 1], r
+    assert r["d_grads_after_g"] == [0.0, 0.0], "D kept G-step gradients"
+    broken = worker(2, "first_steps", tmp_path / "no_sync", *common, "--break", "no_sync")["accelerate"]
+    assert broken["reductions_d"] == [2, 2], "negative control did not change: the count is blind"
+    unfrozen = worker(2, "first_steps", tmp_path / "freeze", *common, "--break", "freeze")["accelerate"]
+    assert min(unfrozen["d_grads_after_g"]) > 0, "negative control did not change: the check is blind"
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -9,6 +9,7 @@ import torch
 from ganscale.errors import GanscaleError
 from ganscale.evaluation.features import INCEPTION_ENV, InceptionFeatures, load_inception
 from ganscale.evaluation.fid import fid, frechet_distance, kid, precision_recall
+from ganscale.runtime.env import inception_weights
 
 
 def gaussian(n: int, d: int = 16, shift: float = 0.0, scale: float = 1.0, seed: int = 0) -> np.ndarray:
@@ -68,13 +69,20 @@ def test_precision_recall():
 
 
 def test_missing_inception_weights_give_one_line(monkeypatch):
-    monkeypatch.delenv(INCEPTION_ENV, raising=False)
-    extractor, message = load_inception(None)
+    extractor, message = load_inception(None, env_value=None)
     assert extractor is None
     assert "\n" not in message and INCEPTION_ENV in message and "Inception" in message
+    with pytest.raises(GanscaleError, match=f"{INCEPTION_ENV}=.*file not found"):
+        load_inception(None, env_value="/nonexistent/inception.pt")
+    with pytest.raises(GanscaleError, match="eval.inception=.*file not found"):
+        load_inception("/nonexistent/inception.pt", env_value=None)
+    # the variable is read by ganscale.runtime.env, and its value passed in by the caller
+    monkeypatch.delenv(INCEPTION_ENV, raising=False)
+    assert inception_weights() is None and load_inception(None, env_value=inception_weights())[0] is None
     monkeypatch.setenv(INCEPTION_ENV, "/nonexistent/inception.pt")
+    assert inception_weights() == "/nonexistent/inception.pt"
     with pytest.raises(GanscaleError, match="file not found"):
-        load_inception(None)
+        load_inception(None, env_value=inception_weights())
 
 
 class _StyleganLike(torch.nn.Module):
@@ -89,8 +97,12 @@ def test_local_torchscript_inception_is_used(tmp_path, monkeypatch):
     path = tmp_path / "inception.pt"
     torch.jit.script(_StyleganLike()).save(str(path))
     monkeypatch.setenv(INCEPTION_ENV, str(path))
-    extractor, message = load_inception(None)
+    extractor, message = load_inception(None, env_value=inception_weights())
     assert isinstance(extractor, InceptionFeatures) and message == ""
+    assert extractor.path == path
+    # eval.inception / --inception wins over the variable
+    monkeypatch.setenv(INCEPTION_ENV, "/nonexistent/inception.pt")
+    assert load_inception(path, env_value=inception_weights())[0].path == path
     feats = extractor(torch.zeros(5, 3, 16, 16))
     assert feats.shape == (5, 6)
     assert torch.allclose(feats[:, :3], torch.full((5, 3), 127.5))  # [-1, 1] -> [0, 255]

@@ -13,13 +13,14 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from ganscale.config import load_config
+from ganscale.data.resolve import corpus_folder
 from ganscale.evaluation.config import EvalConfig
-from ganscale.evaluation.corpus_images import corpus_folder
 from ganscale.evaluation.during_training import TrainingEvaluator
 from ganscale.evaluation.evaluate import evaluate_run
 from ganscale.evaluation.features import INCEPTION_ENV
 from ganscale.outputs.export import load_generator
 from ganscale.runtime.base import Runtime
+from ganscale.runtime.env import inception_weights
 from ganscale.train.trainer import train
 
 pytestmark = pytest.mark.slow
@@ -111,8 +112,10 @@ class _TinyInception(torch.nn.Module):
 def test_eval_with_local_inception_fills_the_inception_fields(run, tmp_path, monkeypatch):
     path = tmp_path / "inception.pt"
     torch.jit.script(_TinyInception()).save(str(path))
-    monkeypatch.setenv(INCEPTION_ENV, str(path))
-    result = evaluate_run(run, n=32, out=tmp_path / "i.json", log=lambda *_: None)
+    monkeypatch.setenv(INCEPTION_ENV, str(path))  # read at the edge, as the CLI does
+    result = evaluate_run(
+        run, n=32, out=tmp_path / "i.json", log=lambda *_: None, inception_env=inception_weights()
+    )
     assert result["inception"]["available"] and result["inception"]["path"] == str(path)
     assert isinstance(result["fid_inception"], float) and isinstance(
         result["real_vs_real"]["fid_inception"], float
@@ -212,9 +215,8 @@ def test_training_hook_logs_metrics_and_keeps_best(tmp_path, corpus_cache):
     run.mkdir()
     rt = build_runtime(cfg)
     try:
-        trainer = Trainer(cfg, run, rt)
-        trainer.metrics, trainer.tracker = MetricsFile(run / "metrics.jsonl"), NullTracker()
-        hook = TrainingEvalHook.build(trainer)
+        trainer = Trainer(cfg, run, rt, metrics=MetricsFile(run / "metrics.jsonl"), tracker=NullTracker())
+        hook = TrainingEvalHook.build(trainer.eval_context())
         assert hook.after_step(1) is None
         first = hook.after_step(2)
         assert first is not None and (run / "best" / "generator.safetensors").is_file()
@@ -226,10 +228,11 @@ def test_training_hook_logs_metrics_and_keeps_best(tmp_path, corpus_cache):
         rows = [r for r in read_metrics(run / "metrics.jsonl") if "eval/fid_classifier" in r]
         assert [r["step"] for r in rows] == [2, 3]
         assert hook.state_dict()["best_step"] == 2
+        cfg.eval = EvalConfig(every=0)
+        assert TrainingEvalHook.build(trainer.eval_context()) is None
     finally:
+        trainer.close()
         rt.end()
-    cfg.eval = EvalConfig(every=0)
-    assert TrainingEvalHook.build(type("T", (), {"cfg": cfg})()) is None
 
 
 def test_eval_of_an_unconditional_run_has_no_accuracy(tmp_path, corpus_cache):

@@ -27,7 +27,7 @@ def _trajectory(tiny_overrides, extra):
     try:
         rows = []
         for _ in range(STEPS):
-            rec = bench.ganscale_step()
+            rec = bench.trainer.step()
             rows.append([float(rec["loss/d"]), float(rec["loss/g"]), float(rec["grad_norm/d"])])
         return torch.tensor(rows)
     finally:
@@ -107,7 +107,7 @@ def test_check_every_still_stops_on_nan(tmp_path, tiny_overrides):
     trainer = _nan_trainer(tmp_path, tiny_overrides, 1, "faults.nan_policy=stop")
     try:
         with pytest.raises(NonFiniteLoss, match="steps 1-3"):
-            trainer.run(None)
+            trainer.run()
     finally:
         trainer.rt.end()
     assert latest_checkpoint(tmp_path / "run") is None  # the NaN step was never checkpointed
@@ -117,7 +117,7 @@ def test_check_every_rolls_back_past_the_nan(tmp_path, tiny_overrides):
     trainer = _nan_trainer(tmp_path, tiny_overrides, 4, "faults.nan_policy=rollback")
     try:
         with pytest.warns(UserWarning, match="rolled back to step 3"):
-            result = trainer.run(None)
+            result = trainer.run()
     finally:
         trainer.rt.end()
     assert result.step == 6 and trainer.state.rollbacks == 1

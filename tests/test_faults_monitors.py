@@ -61,7 +61,7 @@ def _train(trainer):
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            trainer.run(None)
+            trainer.run()
         return [str(w.message) for w in caught]
     finally:
         trainer.rt.end()
@@ -89,7 +89,7 @@ def test_real_d_overpowering_is_reported_in_log_tracker_and_metrics(tmp_path, co
     )
     # D pins at ~1/0 from step ~5, with an occasional one-step dip (which ends an episode;
     # once-per-episode is tested above on fixed rows): a short patience keeps this robust.
-    trainer.health = HealthMonitor("bce", patience_steps=3, min_rows=3, saturation=0.9)
+    trainer.report.health = HealthMonitor("bce", patience_steps=3, min_rows=3, saturation=0.9)
     msgs = _train(trainer)
     events = [r for r in read_metrics(run / "metrics.jsonl") if r.get("event") == "warning"]
     assert events and {e["signal"] for e in events} == {"d_overpowering"}, events

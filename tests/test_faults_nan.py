@@ -69,7 +69,7 @@ def _run(trainer):
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            result = trainer.run(None)
+            result = trainer.run()
         return result, [str(w.message) for w in caught]
     finally:
         trainer.rt.end()

@@ -10,7 +10,7 @@ import pytest
 from faultlib import TINY, record, run_cli
 
 from ganscale.config import load_config
-from ganscale.outputs.tracking import read_metrics
+from ganscale.outputs.tracking import NullTracker, WandbTracker, build_tracker, read_metrics
 from ganscale.train.trainer import train
 
 pytestmark = pytest.mark.faults
@@ -72,3 +72,23 @@ def test_misconfigured_tracker_warns_and_training_goes_on(tmp_path, corpus_cache
     assert result.step == 6 and _steps(run) == [2, 4, 6]
     assert len(msgs) == 1, [str(w.message) for w in caught]
     record(f"tracker misconfigured ({fault})", 1, 1, "one warning, trained to the end", warning=msgs[0][:80])
+
+
+def test_wandb_mode_is_a_parameter_the_tracker_does_not_read_the_environment(tmp_path, monkeypatch):
+    """The mode is decided by ganscale.runtime.env and passed in; a bad one still only warns."""
+    from ganscale.runtime import env
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)  # wandb.init reads (and validates) it too
+    monkeypatch.setattr(env, "wandb_mode", lambda: pytest.fail("the tracker asked the environment"))
+    ok = build_tracker("wandb", tmp_path / "a", "p", "n", {}, is_main=True, wandb_mode="disabled")
+    assert isinstance(ok, WandbTracker) and not ok.broken
+    ok.log({"x": 1.0}, step=1)
+    ok.finish()
+    other_rank = build_tracker("wandb", tmp_path, "p", "n", {}, is_main=False, wandb_mode="disabled")
+    assert isinstance(other_rank, NullTracker)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        bad = build_tracker("wandb", tmp_path / "b", "p", "n", {}, is_main=True, wandb_mode="sometimes")
+        bad.log({"x": 1.0}, step=1)
+    msgs = [str(w.message) for w in caught if "tracking is off" in str(w.message)]
+    assert isinstance(bad, WandbTracker) and bad.broken and len(msgs) == 1, msgs

@@ -7,6 +7,7 @@ address, a free port) is what runs.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -33,6 +34,8 @@ def _cluster_up() -> bool:
 @pytest.fixture(scope="module", autouse=True)
 def _need_slurm():
     if not _cluster_up():
+        if os.environ.get("CI") == "true":  # CI starts the cluster: its absence is a failure there
+            pytest.fail("no Slurm cluster up under CI=true (.ci/run starts one: ../shared/slurm/up.sh)")
         pytest.skip("no Slurm cluster up (.ci/run starts one: ../shared/slurm/up.sh)")
 
 

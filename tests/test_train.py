@@ -140,3 +140,34 @@ def test_cli_debug_shows_traceback(tmp_path):
         timeout=120,
     )
     assert out.returncode != 0 and "Traceback" in out.stderr
+
+
+def test_resume_is_exact_with_spectral_norm_and_cbn(tmp_path, tiny_overrides):
+    """Spectral norm's power-iteration vectors and CBN's embeddings resume exactly; the export loads."""
+    from ganscale.outputs.export import load_generator
+
+    over = [
+        *tiny_overrides,
+        "train.max_steps=6",
+        "checkpoint.every=3",
+        "model.spectral_norm=both",
+        "model.g_condition=cbn",
+        "model.head=projection",
+        "loss.adversarial=hinge",
+    ]
+    _train(tmp_path, over, name="straight")
+    _train(tmp_path, [*over, "train.max_steps=3"], name="split")
+    result, run = _train(tmp_path, over, name="split", resume="latest")
+    assert result.step == 6
+    for f in ("G.safetensors", "D.safetensors", "G_ema.safetensors"):
+        a = load_file(str(tmp_path / "straight/checkpoints/step-0000006" / f))
+        b = load_file(str(tmp_path / "split/checkpoints/step-0000006" / f))
+        assert a.keys() == b.keys() and any(k.endswith("weight.0._u") for k in a)
+        for k in a:
+            assert torch.equal(a[k], b[k]), f"{f}:{k} differs after resume"
+    assert any(k.endswith("gain_embed") for k in load_file(str(run / "generator.safetensors")))
+    G, meta = load_generator(run)
+    assert meta["model"]["spectral_norm"] == "both" and meta["model"]["g_condition"] == "cbn"
+    z = torch.randn(2, meta["z_dim"])
+    y = torch.zeros(2, len(meta["num_classes"]), dtype=torch.long)
+    assert torch.equal(G(z, y), G(z, y))

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
+from ganscale.cli.options import ProgressOpt, n_option, out_option, seed_option, size_option
 from ganscale.errors import GanscaleError
 
 data_app = typer.Typer(no_args_is_help=True)
@@ -16,10 +17,10 @@ data_app = typer.Typer(no_args_is_help=True)
 @data_app.command()
 def synth(
     out: Annotated[Path, typer.Argument(help="Output folder: OUT/images/<id>.png + OUT/tags.csv.")],
-    n: Annotated[int, typer.Option("--n", help="Number of images.")] = 1000,
-    size: Annotated[int, typer.Option("--size", help="Image size in pixels.")] = 64,
-    seed: Annotated[int, typer.Option("--seed", help="Same seed, same bytes.")] = 0,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+    n: Annotated[int, n_option("Number of images.")] = 1000,
+    size: Annotated[int, size_option("Image size in pixels.")] = 64,
+    seed: Annotated[int, seed_option("Same seed, same bytes.")] = 0,
+    progress: ProgressOpt = True,
 ) -> None:
     """Procedural anime faces with exact hair/eye colour tags (MLDS extra_data layout)."""
     from ganscale.corpus.synth import write_synthetic
@@ -40,18 +41,18 @@ def pack(
         Path, typer.Argument(help="Source folder (MLDS extra_data / faces, class folders, images).")
     ],
     out: Annotated[Path, typer.Argument(help="Output folder for shards, dataset.json, rejects.jsonl.")],
-    size: Annotated[int, typer.Option("--size", help="Output image size (centre crop + Lanczos).")] = 64,
+    size: Annotated[int, size_option("Output image size (centre crop + Lanczos).")] = 64,
     fmt: Annotated[str, typer.Option("--format", help="png or jpg.")] = "png",
     per_shard: Annotated[int, typer.Option("--per-shard", help="Samples per shard.")] = 1000,
     layout: Annotated[
-        Optional[str],  # noqa: UP045 - typer needs Optional here
+        str | None,
         typer.Option("--layout", help="mlds_extra, mlds_faces, classes or plain (default: detect)."),
     ] = None,
     name: Annotated[str, typer.Option("--name", help="Shard name prefix: OUT/<name>-000000.tar.")] = "data",
     unconditional: Annotated[
         bool, typer.Option("--unconditional", help="Ignore labels; keep every readable image.")
     ] = False,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+    progress: ProgressOpt = True,
 ) -> None:
     """Pack images into WebDataset shards (+ dataset.json manifest, rejects.jsonl)."""
     from ganscale.corpus.pack import pack as run_pack
@@ -75,8 +76,8 @@ def inspect(
     target: Annotated[
         str, typer.Argument(help="A packed folder, a brace pattern, shard URLs or a source folder.")
     ],
-    out: Annotated[Path, typer.Option("--out", help="Contact sheet PNG.")] = Path("contact_sheet.png"),
-    n: Annotated[int, typer.Option("--n", help="Samples on the contact sheet.")] = 64,
+    out: Annotated[Path, out_option("Contact sheet PNG.")] = Path("contact_sheet.png"),
+    n: Annotated[int, n_option("Samples on the contact sheet.")] = 64,
 ) -> None:
     """Counts, per-class histogram and a contact sheet with tags under each image."""
     from rich.console import Console
@@ -87,7 +88,7 @@ def inspect(
     ins = inspect_corpus(target, n=n)
     con = Console(soft_wrap=True)
     con.print(
-        f"{ins.source}: {ins.num_samples} samples, {ins.num_shards} shards, layout {ins.layout}"
+        f"{ins.source}: {ins.num_records} samples, {ins.num_shards} shards, layout {ins.layout}"
         + (f", {ins.image_size} px" if ins.image_size else "")
         + (f", {ins.unlabelled} unlabelled" if ins.unlabelled else "")
     )
@@ -106,3 +107,8 @@ def inspect(
         out.parent.mkdir(parents=True, exist_ok=True)
         ins.sheet.save(out)
         con.print(f"contact sheet: {out}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `data` group to the ganscale app."""
+    app.add_typer(data_app, name="data", help="Build, pack, stream and inspect image corpora.")

@@ -13,9 +13,9 @@ from ganscale.corpus.contact_sheet import contact_sheet
 from ganscale.corpus.layouts import scan
 from ganscale.corpus.pack import load_image
 from ganscale.corpus.vocab import format_tags
-from ganscale.data.decode import decode_image, image_bytes, labels_of, sample_meta
-from ganscale.data.loader import _info_from
-from ganscale.data.sources import local_path, resolve
+from ganscale.data.decode import decode_image, image_bytes, labels_of, record_meta
+from ganscale.data.info import corpus_info
+from ganscale.data.sources import iter_records, local_path, shard_source
 from ganscale.errors import GanscaleError
 
 
@@ -23,7 +23,7 @@ from ganscale.errors import GanscaleError
 class Inspection:
     source: str
     layout: str
-    num_samples: int
+    num_records: int
     num_shards: int
     image_size: int
     attributes: dict[str, list[str]]
@@ -39,25 +39,25 @@ def _is_raw_folder(target: str) -> bool:
 
 
 def inspect_corpus(target: str, n: int = 64, cell: int = 64) -> Inspection:
-    """Read counts (from dataset.json, or by streaming the labels) and draw ``n`` samples."""
+    """Read counts (from dataset.json, or by streaming the labels) and draw ``n`` records."""
     if _is_raw_folder(target):
         return _inspect_source_folder(Path(target), n, cell)
-    src = resolve(target, allow_pipe=False)
-    info = _info_from(src)
+    src = shard_source(target, allow_pipe=False)
+    info = corpus_info(src)
     m = src.manifest or {}
     images, captions = [], []
     counts = {a: Counter() for a in info.attributes}
     unlabelled, total = 0, 0
     have_counts = bool(m.get("class_counts")) and src.origin == str(local_path(target))
-    for sample in wds.tarfile_samples([{"url": u} for u in info.shard_urls], handler=wds.warn_and_continue):
+    for record in iter_records(info.shard_urls, on_error=wds.warn_and_continue):
         if len(images) >= n and have_counts:
             break
         try:
-            labels = labels_of(sample, sample_meta(sample), info.attributes)
+            labels = labels_of(record, record_meta(record), info.attributes)
             if len(images) < n:
-                images.append(decode_image(image_bytes(sample), info.image_size))
+                images.append(decode_image(image_bytes(record), info.image_size))
                 caption = format_tags(labels, info.attributes) if info.attributes else ""
-                captions.append(caption or str(sample.get("__key__", "")))
+                captions.append(caption or str(record.get("__key__", "")))
         except Exception:
             continue
         total += 1
@@ -68,7 +68,7 @@ def inspect_corpus(target: str, n: int = 64, cell: int = 64) -> Inspection:
                 counts[a][values[i]] += 1
     if have_counts:
         class_counts = {a: dict(c) for a, c in m["class_counts"].items()}
-        unlabelled, num = int(m.get("unlabelled", 0)), info.num_samples
+        unlabelled, num = int(m.get("unlabelled", 0)), info.num_records
     else:
         class_counts = {a: {v: counts[a][v] for v in vals} for a, vals in info.attributes.items()}
         num = total

@@ -71,7 +71,7 @@ def load_image(path: Path, size: int) -> Image.Image:
 _KEY_BAD = re.compile(r"[^A-Za-z0-9_-]+")
 
 
-def sample_key(source_id: str, taken: set[str]) -> str:
+def record_key(source_id: str, taken: set[str]) -> str:
     """A WebDataset-safe key (no dots or slashes: the first dot splits key from extension)."""
     key = _KEY_BAD.sub("_", source_id).strip("_") or "x"
     base, k = key, 1
@@ -111,12 +111,12 @@ class ShardSink:
         os.replace(self.out / (fname + ".partial"), self.out / fname)
         self._writer = None
 
-    def write(self, sample: dict[str, Any]) -> None:
+    def write(self, record: dict[str, Any]) -> None:
         if self._writer is None or self._count >= self.per_shard:
             self._close()
             self._open()
         assert self._writer is not None
-        self._writer.write(sample)
+        self._writer.write(record)
         self._count += 1
         self.shards[-1]["num_samples"] += 1
 
@@ -223,7 +223,7 @@ def write_shards(
                     unlabelled += 1
                 sink.write(
                     {
-                        "__key__": sample_key(source_id, taken),
+                        "__key__": record_key(source_id, taken),
                         fmt: encode(img, fmt, png_level),
                         "json": json.dumps(meta, sort_keys=True).encode(),
                     }

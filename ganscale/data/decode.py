@@ -1,4 +1,8 @@
-"""One WebDataset sample -> (uint8 CHW image, label indices): decoding, labels, augmentation."""
+"""One corpus record -> (uint8 CHW image, label indices): decoding, labels, augmentation.
+
+A record is one stored item as WebDataset groups a shard's files (``{"__key__", "png",
+"json", ...}``, see :mod:`ganscale.data.sources`); "sample" is kept for generated images.
+"""
 
 from __future__ import annotations
 
@@ -18,15 +22,17 @@ from ganscale.corpus.vocab import TagError, parse_tags
 IMAGE_KEYS = ("png", "jpg", "jpeg", "webp", "bmp", "ppm", "img")
 
 
-def image_bytes(sample: dict[str, Any]) -> bytes:
+def image_bytes(record: dict[str, Any]) -> bytes:
+    """The encoded image of a record (the first of ``IMAGE_KEYS`` it has)."""
     for k in IMAGE_KEYS:
-        if k in sample:
-            return sample[k]
-    raise ValueError(f"sample {sample.get('__key__')!r} has no image ({', '.join(IMAGE_KEYS)})")
+        if k in record:
+            return record[k]
+    raise ValueError(f"record {record.get('__key__')!r} has no image ({', '.join(IMAGE_KEYS)})")
 
 
-def sample_meta(sample: dict[str, Any]) -> dict[str, Any]:
-    raw = sample.get("json")
+def record_meta(record: dict[str, Any]) -> dict[str, Any]:
+    """The record's ``json`` file as a dict ({} when absent or not an object)."""
+    raw = record.get("json")
     if raw is None:
         return {}
     meta = json.loads(raw)
@@ -45,7 +51,7 @@ def _index(value: Any, values: list[str]) -> int:
     return -1
 
 
-def labels_of(sample: dict[str, Any], meta: dict[str, Any], attributes: dict[str, list[str]]) -> list[int]:
+def labels_of(record: dict[str, Any], meta: dict[str, Any], attributes: dict[str, list[str]]) -> list[int]:
     """Label indices in ``attributes`` order (-1 = unknown), from our json or common foreign ones.
 
     Understood: ``{"labels": {attr: i}}`` (ganscale), ``{attr: name_or_index}``,
@@ -68,8 +74,8 @@ def labels_of(sample: dict[str, Any], meta: dict[str, Any], attributes: dict[str
                     idx = _index(meta[k], values)
                     break
             else:
-                if "cls" in sample:
-                    idx = _index(int(sample["cls"]), values)
+                if "cls" in record:
+                    idx = _index(int(record["cls"]), values)
         out.append(idx)
     if -1 in out and isinstance(meta.get("tags"), str):
         with contextlib.suppress(TagError):
@@ -103,7 +109,7 @@ def augment(img: Image.Image, rng: random.Random, hflip: bool, rotate_degrees: f
             zoom = math.cos(abs(theta)) + math.sin(abs(theta))
             a, b = math.cos(theta) / zoom, math.sin(theta) / zoom
             cx, cy = w / 2, h / 2
-            # output (x, y) samples input (a(x-cx) + b(y-cy) + cx, -b(x-cx) + a(y-cy) + cy)
+            # output (x, y) reads input (a(x-cx) + b(y-cy) + cx, -b(x-cx) + a(y-cy) + cy)
             data = (a, b, cx - a * cx - b * cy, -b, a, cy + b * cx - a * cy)
             img = img.transform((w, h), Image.Transform.AFFINE, data, resample=Image.Resampling.BILINEAR)
     return img
@@ -112,3 +118,10 @@ def augment(img: Image.Image, rng: random.Random, hflip: bool, rotate_degrees: f
 def to_array(img: Image.Image) -> np.ndarray:
     """uint8 CHW (so the batch converts to float contiguously, without a strided copy)."""
     return np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1))
+
+
+def decode_record(
+    record: dict[str, Any], size: int, attributes: dict[str, list[str]]
+) -> tuple[Image.Image, list[int]]:
+    """(RGB image at ``size`` px, label indices) of a record, exactly as training reads it."""
+    return decode_image(image_bytes(record), size), labels_of(record, record_meta(record), attributes)

@@ -1,22 +1,24 @@
 """The streaming loader: WebDataset shards -> full batches on every rank, forever, resumable.
 
+A *record* is one stored corpus image with its labels (generated images are "samples").
+
 Design (why each piece is there):
 
 - Shards are split by rank (``shards[rank::world]``, as ``wds.split_by_node`` does) and then
-  by DataLoader worker (``[worker::workers]``). Each rank's share is fixed, so its sample
+  by DataLoader worker (``[worker::workers]``). Each rank's share is fixed, so its record
   count is known from ``dataset.json`` and ``batches_per_epoch`` can be made identical on
-  every rank: ``ceil(max rank samples / batch)``. A rank with fewer samples tops its last
+  every rank: ``ceil(max rank records / batch)``. A rank with fewer records tops its last
   batches up from a second, differently shuffled pass over its own shards (like
   ``DistributedSampler`` padding), so no rank waits at a collective for a batch that never
-  comes. With shards >= ranks x workers every sample is read exactly once per epoch (plus
+  comes. With shards >= ranks x workers every record is read exactly once per epoch (plus
   that padding); with fewer, the loader says so and switches to resampled mode.
 - Shard order and the shuffle buffer are seeded from (seed, epoch, pass, rank, worker);
-  augmentation from (seed, epoch, pass, sample key): never the global torch RNG.
-- Workers decode and augment into uint8 chunks; the main process cuts full batches and
-  converts to float in [-1, 1]. Each chunk carries the raw (post-shuffle, pre-decode)
-  position of its samples, so ``state_dict()`` records exactly what was consumed per worker
-  and a resume skips that many raw samples *before decoding*.
-- A sample that fails to decode, or a shard that fails to read (truncated tar), is skipped
+  augmentation from (seed, epoch, pass, record key): never the global torch RNG.
+- Workers (:mod:`ganscale.data.worker`) decode and augment into uint8 chunks; the main
+  process cuts full batches and converts to float in [-1, 1]. Each chunk carries the raw
+  (post-shuffle, pre-decode) position of its records, so ``state_dict()`` records exactly
+  what was consumed per worker and a resume skips that many raw records *before decoding*.
+- A record that fails to decode, or a shard that fails to read (truncated tar), is skipped
   and counted (``stats()``), never fatal.
 - The stream is not a DataLoader: keep it out of ``accelerator.prepare`` (which would
   return it unchanged anyway) and move batches to the device yourself.
@@ -27,211 +29,20 @@ from __future__ import annotations
 import json
 import logging
 import math
-import random
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import webdataset as wds
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader
 
 from ganscale.config import DataConfig
-from ganscale.corpus.vocab import MLDS_ATTRIBUTES, TagError, parse_tags
-from ganscale.data.decode import augment, decode_image, image_bytes, labels_of, sample_meta, to_array
-from ganscale.data.sources import ShardSource, resolve
+from ganscale.data.info import CorpusInfo
+from ganscale.data.resolve import resolve_corpus
+from ganscale.data.worker import PassDataset, PassSpec, ignore_stop_signals
 from ganscale.errors import GanscaleError
 
 log = logging.getLogger("ganscale.data")
-
-
-@dataclass
-class CorpusInfo:
-    """What the trainer needs to know about a corpus."""
-
-    attributes: dict[str, list[str]]
-    """Ordered attribute vocabularies, e.g. {"hair": [...], "eyes": [...]}; {} if unconditional."""
-    num_samples: int
-    image_size: int
-    num_shards: int
-    shard_urls: list[str] = field(default_factory=list)
-    shard_sizes: list[int] = field(default_factory=list)
-    """Samples per shard (-1 where unknown)."""
-
-
-def read_corpus_info(source: str | Path | list[str], *, allow_pipe: bool = True) -> CorpusInfo:
-    """Corpus facts from ``dataset.json``; for bare shard lists, inferred from the first shard."""
-    return _info_from(resolve(source, allow_pipe=allow_pipe))
-
-
-def _info_from(src: ShardSource) -> CorpusInfo:
-    m = src.manifest
-    sizes = list(src.sizes)
-    if m is not None and src.origin and Path(src.origin).is_dir():
-        attributes = {a: list(v) for a, v in m.get("attributes", {}).items()}
-        return CorpusInfo(
-            attributes, int(m["num_samples"]), int(m["image_size"]), len(src.urls), list(src.urls), sizes
-        )
-    first = _peek(src.urls[0], count=-1 in sizes)
-    if m is not None:
-        attributes = {a: list(v) for a, v in m.get("attributes", {}).items()}
-        size = int(m.get("image_size", 0)) or first["size"]
-    else:
-        attributes, size = first["attributes"], first["size"]
-    if -1 in sizes:  # remote shards without a manifest: estimate from the first one
-        est = first["count"]
-        sizes = [s if s >= 0 else est for s in sizes]
-    return CorpusInfo(attributes, sum(sizes), size, len(src.urls), list(src.urls), sizes)
-
-
-def _peek(url: str, limit: int = 64, count: bool = False) -> dict[str, Any]:
-    """Image size, label schema and (``count``: reading it all) the sample count of one shard."""
-    size, n, attributes = 0, 0, {}
-    for sample in wds.tarfile_samples([{"url": url}], handler=wds.warn_and_continue):
-        n += 1
-        if n > limit and size:
-            if not count:
-                break
-            continue
-        try:
-            if not size:
-                size = _size_of(image_bytes(sample))
-            if not attributes:
-                attributes = _guess_attributes(sample_meta(sample))
-        except Exception:  # a bad first sample: try the next
-            continue
-    if not size:
-        raise GanscaleError(f"no readable image in shard {url}; is it a WebDataset shard?")
-    return {"size": size, "count": n, "attributes": attributes}
-
-
-def _size_of(data: bytes) -> int:
-    import io
-
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as im:
-        return im.size[0]
-
-
-def _guess_attributes(meta: dict[str, Any]) -> dict[str, list[str]]:
-    """Foreign shards: recognise MLDS hair/eye labels; otherwise unconditional."""
-    keys = set(meta) | set(meta.get("labels", {}) or {}) | set(meta.get("names", {}) or {})
-    if {"hair", "eyes"} <= keys:
-        return dict(MLDS_ATTRIBUTES)
-    if isinstance(meta.get("tags"), str):
-        try:
-            parse_tags(meta["tags"], MLDS_ATTRIBUTES)
-            return dict(MLDS_ATTRIBUTES)
-        except TagError:
-            pass
-    return {}
-
-
-# --------------------------------------------------------------------------- worker side
-
-
-@dataclass(frozen=True)
-class _PassSpec:
-    """Everything a worker needs to produce one pass of one rank's epoch (picklable)."""
-
-    urls: tuple[str, ...]
-    rank_shards: tuple[int, ...]
-    attributes: dict[str, list[str]]
-    image_size: int
-    seed: int
-    epoch: int
-    pass_: int
-    rank: int
-    resampled: bool
-    shuffle_buffer: int
-    hflip: bool
-    rotate_degrees: float
-    chunk: int
-    skips: tuple[int, ...]  # raw samples to skip, per worker
-
-
-class _PassDataset(IterableDataset):
-    def __init__(self, spec: _PassSpec) -> None:
-        self.spec = spec
-        self.read_errors = 0
-
-    def _on_read_error(self, exn: Exception) -> bool:
-        self.read_errors += 1
-        log.warning("skipping unreadable shard data: %s", " ".join(str(a) for a in exn.args[:2])[:300])
-        return True  # like wds.warn_and_continue, but counted
-
-    def _urls(self, worker: int, workers: int) -> Iterator[dict[str, str]]:
-        s = self.spec
-        rng = random.Random(f"shards:{s.seed}:{s.epoch}:{s.pass_}:{s.rank}:{worker}")
-        if s.resampled:
-            while True:
-                yield {"url": s.urls[rng.randrange(len(s.urls))]}
-        mine = list(s.rank_shards[worker::workers])
-        rng.shuffle(mine)
-        for i in mine:
-            yield {"url": s.urls[i]}
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        s = self.spec
-        info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        skip = s.skips[worker] if worker < len(s.skips) else 0
-        samples = wds.tarfile_samples(self._urls(worker, workers), handler=self._on_read_error)
-        if s.shuffle_buffer > 0:
-            rng = random.Random(f"buffer:{s.seed}:{s.epoch}:{s.pass_}:{s.rank}:{worker}")
-            initial = min(s.shuffle_buffer, 100)  # start yielding early; the buffer keeps filling
-            samples = wds.shuffle(s.shuffle_buffer, initial=initial, rng=rng)(samples)
-        imgs: list[np.ndarray] = []
-        labels: list[list[int]] = []
-        keys: list[str] = []
-        raws: list[int] = []
-        corrupt, reported_errors = 0, 0
-
-        def chunk() -> dict[str, Any]:
-            nonlocal corrupt, reported_errors
-            out = {
-                # numpy, not tensors: pickled by value through the worker queue, which costs less
-                # than torch's per-tensor shared-memory file-descriptor hand-over.
-                "images": np.stack(imgs) if imgs else np.empty((0, 3, s.image_size, s.image_size), np.uint8),
-                "labels": np.array(labels, dtype=np.int64).reshape(len(labels), len(s.attributes)),
-                "keys": list(keys),
-                "raw": list(raws),
-                "worker": worker,
-                "corrupt": corrupt,
-                "read_errors": self.read_errors - reported_errors,
-            }
-            imgs.clear(), labels.clear(), keys.clear(), raws.clear()
-            corrupt, reported_errors = 0, self.read_errors
-            return out
-
-        for raw, sample in enumerate(samples):
-            if raw < skip:
-                continue  # fast-forward: before decoding
-            key = f"{sample.get('__url__', '')}#{sample.get('__key__', '')}"
-            try:
-                img = decode_image(image_bytes(sample), s.image_size)
-                lab = labels_of(sample, sample_meta(sample), s.attributes)
-            except Exception as e:  # any decode failure is a corrupt sample: skip, count
-                corrupt += 1
-                log.warning("skipping corrupt sample %s: %s", key, f"{type(e).__name__}: {e}"[:200])
-                continue
-            # Seeded by the shard's file name, not its full URL: the same corpus copied or
-            # mounted elsewhere gets the same augmentations (a run reproduces anywhere).
-            shard_name = sample.get("__url__", "").rsplit("/", 1)[-1]
-            rng = random.Random(f"aug:{s.seed}:{s.epoch}:{s.pass_}:{shard_name}#{sample.get('__key__', '')}")
-            imgs.append(to_array(augment(img, rng, s.hflip, s.rotate_degrees)))
-            labels.append(lab)
-            keys.append(key)
-            raws.append(raw)
-            if len(imgs) >= s.chunk:
-                yield chunk()
-        yield chunk()  # the tail (possibly empty: it still reports the counters)
-
-
-# --------------------------------------------------------------------------- main side
 
 
 def _as_is(chunk: dict[str, Any]) -> dict[str, Any]:
@@ -288,13 +99,13 @@ class ShardStream:
         self.rank_shards = tuple(range(rank, info.num_shards, world_size))
         sizes = [max(0, s) for s in info.shard_sizes] or [0] * info.num_shards
         if resampled:
-            per_rank = math.ceil(info.num_samples / world_size)
+            per_rank = math.ceil(info.num_records / world_size)
         else:
             per_rank = max(sum(sizes[r::world_size]) for r in range(world_size))
-        self.rank_samples = sum(sizes[rank::world_size]) if not resampled else per_rank
+        self.rank_records = sum(sizes[rank::world_size]) if not resampled else per_rank
         self.batches_per_epoch = max(1, math.ceil(per_rank / batch_size))
         self._workers_eff = max(1, num_workers)
-        self._stats = {"corrupt_skipped": 0, "read_errors": 0, "samples": 0, "padding_passes": 0}
+        self._stats = {"corrupt_skipped": 0, "read_errors": 0, "records": 0, "padding_passes": 0}
         self._pos: dict[str, Any] = self._fresh(0)
 
     # ------------------------------------------------------------------ state
@@ -355,8 +166,8 @@ class ShardStream:
             batch = min(batch, self.batches_per_epoch)
             done = batch * self.batch_size
             p = 0
-            if not self.resampled and self.rank_samples > 0:
-                p, done = divmod(done, self.rank_samples)
+            if not self.resampled and self.rank_records > 0:
+                p, done = divmod(done, self.rank_records)
             pos = {
                 "epoch": epoch,
                 "batch": batch,
@@ -372,8 +183,8 @@ class ShardStream:
         return dict(self._stats)
 
     # ------------------------------------------------------------------ iteration
-    def _spec(self, epoch: int, pass_: int, skips: list[int]) -> _PassSpec:
-        return _PassSpec(
+    def _spec(self, epoch: int, pass_: int, skips: list[int]) -> PassSpec:
+        return PassSpec(
             tuple(self.info.shard_urls),
             self.rank_shards,
             self.info.attributes,
@@ -391,7 +202,7 @@ class ShardStream:
         )
 
     def _chunks(self, epoch: int, pass_: int, skips: list[int]) -> Iterator[dict[str, Any]]:
-        ds = _PassDataset(self._spec(epoch, pass_, skips))
+        ds = PassDataset(self._spec(epoch, pass_, skips))
         if self.num_workers == 0:
             yield from ds
             return
@@ -402,7 +213,7 @@ class ShardStream:
             num_workers=self.num_workers,
             prefetch_factor=4,
             persistent_workers=False,
-            worker_init_fn=_ignore_stop_signals,
+            worker_init_fn=ignore_stop_signals,
         )
         it = iter(loader)
         try:
@@ -415,7 +226,7 @@ class ShardStream:
             yield images, labels
 
     def iter_with_keys(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
-        """Like ``iter()``, with each sample's ``<shard url>#<key>`` (for tests and inspection)."""
+        """Like ``iter()``, with each record's ``<shard url>#<key>`` (for tests and inspection)."""
         pos = dict(self._pos)  # a new iterator continues where the last one (or load_state_dict) left off
         epoch = pos["epoch"]
         while True:
@@ -428,7 +239,7 @@ class ShardStream:
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
         B = self.batch_size
         batch, pass_ = start["batch"], start["pass"]
-        # Pending samples: [pass, chunk, offset]; consumed raw positions per (pass, worker).
+        # Pending records: [pass, chunk, offset]; consumed raw positions per (pass, worker).
         pending: list[list[Any]] = []
         consumed: dict[int, list[int]] = {pass_: list(start["raw"])}
         self._pos = {"epoch": epoch, "batch": batch, "pass": pass_, "raw": list(start["raw"])}
@@ -451,7 +262,7 @@ class ShardStream:
                     while sum(len(c["keys"]) - o for _, c, o in pending) >= B:
                         images, labels, keys = self._take(pending, consumed, B)
                         batch += 1
-                        self._stats["samples"] += B
+                        self._stats["records"] += B
                         if batch == self.batches_per_epoch:
                             self._pos = self._fresh(epoch + 1)
                         else:
@@ -469,7 +280,7 @@ class ShardStream:
                 chunks.close()
             if got == 0 and not any(len(c["keys"]) > o for _, c, o in pending):
                 raise GanscaleError(
-                    f"no readable samples on rank {self.rank} in {len(self.rank_shards)} shards "
+                    f"no readable records on rank {self.rank} in {len(self.rank_shards)} shards "
                     f"(first {self.info.shard_urls[self.rank_shards[0]]}); "
                     f"stats {self.stats()}"
                 )
@@ -503,27 +314,13 @@ class ShardStream:
         return images, labels, keys
 
 
-def resolve_source(cfg: DataConfig, image_size: int, progress: bool = False) -> str | list[str]:
-    """data.source -> a shard folder / pattern / URL list (building the synthetic corpus if needed)."""
-    if cfg.source == "synthetic":
-        from ganscale.corpus.synthetic import ensure_synthetic_corpus
-
-        return str(
-            ensure_synthetic_corpus(
-                cfg.cache_dir, cfg.synthetic_n, image_size, cfg.synthetic_seed, progress=progress
-            )
-        )
-    return cfg.path
-
-
 def build_loader(
     cfg: DataConfig, *, image_size: int, batch_size: int, seed: int, rank: int, world_size: int
 ) -> ShardStream:
     """The stream for this rank. Checks the source now (missing shard, pipe:, backend)."""
-    src = resolve(resolve_source(cfg, image_size, progress=rank == 0), allow_pipe=cfg.allow_pipe)
-    info = _info_from(src)
+    corpus = resolve_corpus(cfg, image_size, progress=rank == 0)
     return ShardStream(
-        info,
+        corpus.info,
         batch_size=batch_size,
         image_size=image_size,
         seed=seed,
@@ -536,13 +333,3 @@ def build_loader(
         resampled=cfg.resampled,
         pin_memory=cfg.pin_memory,
     )
-
-
-def _ignore_stop_signals(worker_id: int) -> None:
-    """Workers ignore SIGTERM/SIGUSR1: a signal to the whole process group (Slurm's scancel,
-    Ctrl-C style kills) is the trainer's to handle (checkpoint, then exit, which shuts the
-    workers down); a worker dying on it would crash the trainer before it could save."""
-    import signal
-
-    for sig in (signal.SIGTERM, signal.SIGUSR1):
-        signal.signal(sig, signal.SIG_IGN)

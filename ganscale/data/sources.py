@@ -1,19 +1,27 @@
-"""Where shards come from: a packed folder, a brace pattern or a list of URLs -> checked URLs.
+"""Where shards come from, and the one way they are read.
 
+A packed folder, a brace pattern or a list of URLs -> checked URLs (:func:`shard_source`).
 Checks happen here, at loader build time, so a bad path fails before training starts:
 a missing local shard is a one-line error naming it; ``pipe:`` URLs (they run a shell
 command) need ``data.allow_pipe``; fsspec URLs (s3://, gs://, https://, ...) need their backend.
+
+A *record* is one stored corpus item as WebDataset groups it: ``{"__key__", "__url__",
+<ext>: bytes, ...}`` (``png`` + ``json`` for our shards). :func:`iter_records` is the reader
+that training, inspection and evaluation all use; :func:`shard_keys` lists keys from tar
+headers only.
 """
 
 from __future__ import annotations
 
 import functools
 import tarfile
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
 import braceexpand
+import webdataset as wds
 from webdataset.gopen import gopen_schemes as _GOPEN_SCHEMES  # the module's dispatch table
 
 from ganscale.corpus.pack import MANIFEST, read_manifest
@@ -22,13 +30,12 @@ from ganscale.errors import GanscaleError
 
 @dataclass
 class ShardSource:
-    """Resolved shard URLs, their sample counts (-1 = unknown) and the manifest if there is one."""
+    """Resolved shard URLs, their record counts (-1 = unknown) and the manifest if there is one."""
 
     urls: list[str]
     sizes: list[int]
     manifest: dict | None = None
     origin: str = ""
-    notes: list[str] = field(default_factory=list)
 
 
 def _split_list(text: str) -> list[str]:
@@ -62,7 +69,7 @@ def local_path(url: str) -> Path | None:
     return None
 
 
-def resolve(source: str | Path | list[str], *, allow_pipe: bool = True) -> ShardSource:
+def shard_source(source: str | Path | list[str], *, allow_pipe: bool = True) -> ShardSource:
     """Turn a folder / brace pattern / URL list into checked shard URLs."""
     items = [str(s) for s in source] if isinstance(source, (list, tuple)) else _split_list(str(source))
     if not items:
@@ -150,16 +157,47 @@ def _register_fsspec(scheme: str, example: str) -> None:
         )
 
 
+def iter_records(
+    urls: Iterable[str], on_error: Callable[[Exception], bool] = wds.reraise_exception
+) -> Iterator[dict]:
+    """The records of ``urls`` in order, grouped by key as WebDataset does.
+
+    ``on_error(exn)`` decides about unreadable shard data: return True to skip and go on
+    (the loader counts and skips), or raise (the default: evaluation wants a sound corpus).
+    """
+    return wds.tarfile_samples(({"url": u} for u in urls), handler=on_error)
+
+
+def _record_key(member_name: str) -> str:
+    """WebDataset's key of a tar member: the path up to the first dot of its base name."""
+    folder, _, base = member_name.rpartition("/")
+    stem = base.split(".", 1)[0]
+    return f"{folder}/{stem}" if folder else stem
+
+
+def _member_keys(path: str | Path) -> Iterator[str]:
+    """The record key of every regular member of a local tar (headers only, no data read)."""
+    with tarfile.open(path, "r:*") as tf:
+        for m in tf:
+            if m.isreg() and not m.name.startswith("__"):
+                yield _record_key(m.name)
+
+
+def shard_keys(path: str | Path) -> list[str]:
+    """Record keys of a local tar in order (headers only); raises on an unreadable tar."""
+    keys: list[str] = []
+    for key in _member_keys(path):
+        if not keys or keys[-1] != key:
+            keys.append(key)
+    return keys
+
+
 def count_local(path: str | Path) -> int:
-    """Samples in a local tar (distinct keys), reading headers only; -1 if unreadable."""
+    """Records in a local tar (distinct keys), reading headers only; -1 if unreadable."""
     keys = set()
     try:
-        with tarfile.open(path, "r:*") as tf:
-            for m in tf:
-                if m.isreg() and not m.name.startswith("__"):
-                    name = m.name
-                    d, _, base = name.rpartition("/")
-                    keys.add(f"{d}/{base.split('.', 1)[0]}")
+        for key in _member_keys(path):
+            keys.add(key)
     except (OSError, tarfile.TarError, EOFError):
         return len(keys) if keys else -1
     return len(keys)

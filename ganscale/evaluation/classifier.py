@@ -27,7 +27,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ganscale.errors import GanscaleError
-from ganscale.evaluation.corpus_images import CorpusImages, is_held_out, list_keys, read_corpus, spread_keys
+from ganscale.evaluation.corpus_images import (
+    CorpusImages,
+    is_held_out,
+    list_keys,
+    packed_corpus,
+    read_corpus,
+    spread_keys,
+)
 
 FORMAT = "ganscale-attribute-classifier"
 VERSION = 1
@@ -193,7 +200,8 @@ def _fit(
     model.eval()
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The SHA-256 hex digest of a file, read in 1 MiB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -220,18 +228,16 @@ def train_classifier(
     """
     from safetensors.torch import save_file
 
-    from ganscale.evaluation.corpus_images import manifest
-
     folder = Path(folder)
-    info = manifest(folder)
-    attributes = {k: list(v) for k, v in (info.get("attributes") or {}).items()}
+    info = packed_corpus(folder)
+    attributes = info.attributes
     if not attributes:
         raise GanscaleError(
             f"{folder}: the corpus has no attributes (labels); an attribute classifier "
             f"needs a labelled corpus"
         )
     t0 = time.perf_counter()
-    native = min(int(info.get("image_size") or 64), 64)
+    native = min(info.image_size or 64, 64)
     keys = list_keys(folder)
     train = read_corpus(folder, native, keys=spread_keys([k for k in keys if not is_held_out(k)], max_images))
     held = read_corpus(
@@ -284,7 +290,7 @@ def train_classifier(
         "seed": seed,
         "seconds": round(seconds, 1),
         "feature_scale": feature_scale,
-        "sha256": _sha256(tmp_w),
+        "sha256": file_sha256(tmp_w),
     }
     tmp_m.write_text(json.dumps(meta, indent=1) + "\n")
     os.replace(tmp_w, weights)

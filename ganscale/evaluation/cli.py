@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
+from ganscale.cli.options import DeviceOpt, n_option, out_option, seed_option, size_option
 from ganscale.evaluation.classifier import DEFAULT_EPOCHS, DEFAULT_MAX_IMAGES, DEFAULT_SIZE
 
 classifier_app = typer.Typer(no_args_is_help=True)
@@ -15,7 +16,7 @@ classifier_app = typer.Typer(no_args_is_help=True)
 def resolve_corpus_arg(path: Path) -> Path:
     """A corpus folder as given; a YAML config or a run folder (config.yaml) -> its corpus."""
     from ganscale.config import load_config
-    from ganscale.evaluation.corpus_images import corpus_folder
+    from ganscale.data.resolve import corpus_folder
 
     config = path if path.suffix in (".yaml", ".yml") else path / "config.yaml"
     if (path / "dataset.json").is_file() or not config.is_file():
@@ -34,13 +35,10 @@ def classifier_train(
         ),
     ],
     size: Annotated[
-        Optional[int],  # noqa: UP045 - typer needs Optional here
-        typer.Option(
-            "--size", help=f"Network input size in px (default: the corpus's, at most {DEFAULT_SIZE})."
-        ),
+        int | None, size_option(f"Network input size in px (default: the corpus's, at most {DEFAULT_SIZE}).")
     ] = None,
     epochs: Annotated[
-        Optional[int],  # noqa: UP045 - typer needs Optional here
+        int | None,
         typer.Option(
             "--epochs",
             help=f"Passes over the train split (default {DEFAULT_EPOCHS}, more for small corpora).",
@@ -50,11 +48,8 @@ def classifier_train(
         int,
         typer.Option("--max-images", help="Train on at most this many images (a fixed hash-chosen subset)."),
     ] = DEFAULT_MAX_IMAGES,
-    seed: Annotated[int, typer.Option("--seed", help="Weights and batch order.")] = 0,
-    device: Annotated[
-        Optional[str],  # noqa: UP045 - typer needs Optional here
-        typer.Option("--device", help="cpu or cuda (default: cuda if present)."),
-    ] = None,
+    seed: Annotated[int, seed_option("Weights and batch order.")] = 0,
+    device: DeviceOpt = None,
 ) -> None:
     """Train the attribute classifier on 80% of CORPUS, report held-out accuracy, store it in CORPUS."""
     from ganscale.evaluation.classifier import train_classifier
@@ -82,37 +77,41 @@ def eval_command(
     run: Annotated[
         Path, typer.Argument(help="Run folder (its best, else final, EMA generator) or a generator file.")
     ],
-    n: Annotated[int, typer.Option("--n", help="Generated images (and real images per half).")] = 10000,
+    n: Annotated[int, n_option("Generated images (and real images per half).")] = 10000,
     out: Annotated[
-        Optional[Path],  # noqa: UP045
-        typer.Option(
-            "--out", help="Where to write the JSON (default RUN/eval.json); confusion PNGs go beside it."
-        ),
+        Path | None,
+        out_option("Where to write the JSON (default RUN/eval.json); confusion PNGs go beside it."),
     ] = None,
     corpus: Annotated[
-        Optional[Path],  # noqa: UP045
+        Path | None,
         typer.Option("--corpus", help="Corpus folder (default: the one in RUN/config.yaml)."),
     ] = None,
     inception: Annotated[
-        Optional[str],  # noqa: UP045
+        str | None,
         typer.Option(
             "--inception",
             help="Local InceptionV3 TorchScript file (else eval.inception or "
             "$GANSCALE_INCEPTION); never downloaded.",
         ),
     ] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of z and of the drawn conditions.")] = 0,
-    device: Annotated[
-        Optional[str],  # noqa: UP045 - typer needs Optional here
-        typer.Option("--device", help="cpu or cuda (default: cuda if present)."),
-    ] = None,
+    seed: Annotated[int, seed_option("Seed of z and of the drawn conditions.")] = 0,
+    device: DeviceOpt = None,
 ) -> None:
     """Attribute accuracy, FID/KID and precision/recall of a run's EMA generator, with real-vs-real floors."""
     from ganscale.evaluation.evaluate import evaluate_run, summary
+    from ganscale.runtime.env import inception_weights
 
     target = out
     result = evaluate_run(
-        run, n=n, out=target, device=device, corpus=corpus, inception=inception, seed=seed, log=typer.echo
+        run,
+        n=n,
+        out=target,
+        device=device,
+        corpus=corpus,
+        inception=inception,
+        seed=seed,
+        log=typer.echo,
+        inception_env=inception_weights(),
     )
     typer.echo(summary(result))
     written = target if target is not None else (run if run.is_dir() else run.parent) / "eval.json"

@@ -1,24 +1,26 @@
 """Finite, deterministic reads of a packed corpus, for the classifier and the real statistics.
 
 Training streams the corpus forever, shuffled and augmented; evaluation needs the opposite:
-every image once, in a fixed order, unaugmented, and a split that never changes. Samples are
-read straight from the shard tars listed in ``dataset.json`` and decoded with the data
-layer's own functions (so labels and resizing match training). The held-out split is a hash
-of the sample key, so it does not depend on shard order or on how many images are read.
+every image once, in a fixed order, unaugmented, and a split that never changes. Records are
+read with the data package's own reader and decoder (:mod:`ganscale.data.sources`,
+:mod:`ganscale.data.decode`), so keys, labels and resizing match training. The held-out
+split is a hash of the record key, so it does not depend on shard order or on how many
+images are read.
 """
 
 from __future__ import annotations
 
-import tarfile
 import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
+from ganscale.corpus.pack import MANIFEST, read_manifest
+from ganscale.data.decode import decode_record
+from ganscale.data.info import CorpusInfo, corpus_info
+from ganscale.data.sources import iter_records, shard_keys, shard_source
 from ganscale.errors import GanscaleError
 
 HELD_OUT_MODULUS = 5
@@ -44,58 +46,23 @@ class CorpusImages:
 
 
 def is_held_out(key: str) -> bool:
+    """Whether the record ``key`` belongs to the held-out 20% (never trained on by the classifier)."""
     return zlib.crc32(key.encode()) % HELD_OUT_MODULUS == 0
 
 
-def manifest(folder: Path) -> dict[str, Any]:
-    from ganscale.corpus.pack import read_manifest
-
-    return read_manifest(folder)
-
-
-def _shard_paths(folder: Path, info: dict[str, Any]) -> list[Path]:
-    out = []
-    for s in info["shards"]:
-        url = s["url"] if isinstance(s, dict) else str(s)
-        path = Path(url) if Path(url).is_absolute() else folder / url
-        if not path.is_file():
-            raise GanscaleError(f"{folder}/dataset.json lists {url}, which is missing; re-pack the corpus")
-        out.append(path)
-    return out
-
-
-def iter_samples(folder: Path) -> Iterator[dict[str, Any]]:
-    """WebDataset samples (``{"__key__", ext: bytes, ...}``) in shard order."""
-    info = manifest(folder)
-    for path in _shard_paths(folder, info):
-        current: dict[str, Any] = {}
-        with tarfile.open(path) as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                name = Path(member.name).name
-                key, _, ext = name.partition(".")
-                if current and current["__key__"] != key:
-                    yield current
-                    current = {}
-                f = tar.extractfile(member)
-                current["__key__"] = key
-                current[ext] = f.read() if f is not None else b""
-        if current:
-            yield current
+def packed_corpus(folder: str | Path) -> CorpusInfo:
+    """The facts and shard list of a packed corpus folder; it must have ``dataset.json``."""
+    folder = Path(folder)
+    if not (folder / MANIFEST).is_file():
+        read_manifest(folder)  # raises the one-line "not found; pack the corpus" error
+    return corpus_info(shard_source(folder, allow_pipe=False))
 
 
 def list_keys(folder: str | Path) -> list[str]:
-    """Every sample key of the corpus, in shard order (reads tar headers only, no decoding)."""
-    folder = Path(folder)
+    """Every record key of the corpus, in shard order (reads tar headers only, no decoding)."""
     keys: list[str] = []
-    for path in _shard_paths(folder, manifest(folder)):
-        with tarfile.open(path) as tar:
-            for member in tar:
-                if member.isfile():
-                    key = Path(member.name).name.partition(".")[0]
-                    if not keys or keys[-1] != key:
-                        keys.append(key)
+    for url in packed_corpus(folder).shard_urls:
+        keys += shard_keys(url)
     return keys
 
 
@@ -110,36 +77,33 @@ def read_corpus(
     folder: str | Path, size: int, split: str = "all", limit: int | None = None, keys: list[str] | None = None
 ) -> CorpusImages:
     """Read up to ``limit`` images of ``split`` ("train", "held_out" or "all") at ``size`` px;
-    with ``keys``, exactly those samples, in that order.
+    with ``keys``, exactly those records, in that order.
 
     Decoding matches the training loader (Lanczos to ``size`` when the shard's size differs),
     without augmentation.
     """
-    from ganscale.data.decode import decode_image, image_bytes, labels_of, sample_meta
-
     if split not in ("train", "held_out", "all"):
         raise ValueError(f"split must be train, held_out or all, got {split!r}")
-    folder = Path(folder)
-    info = manifest(folder)
-    attributes = {k: list(v) for k, v in (info.get("attributes") or {}).items()}
+    info = packed_corpus(folder)
+    attributes = info.attributes
     wanted = {k: i for i, k in enumerate(keys)} if keys is not None else None
     images, labels, found = [], [], []
-    for sample in iter_samples(folder):
+    for record in iter_records(info.shard_urls):
         if limit is not None and len(found) >= limit:
             break
-        key = sample["__key__"]
+        key = record["__key__"]
         if wanted is not None and key not in wanted:
             continue
         if split != "all" and is_held_out(key) != (split == "held_out"):
             continue
-        img = decode_image(image_bytes(sample), size)
+        img, lab = decode_record(record, size, attributes)
         images.append(np.asarray(img, dtype=np.uint8))  # HWC
-        labels.append(labels_of(sample, sample_meta(sample), attributes) if attributes else [])
+        labels.append(lab)
         found.append(key)
     if not found:
         raise GanscaleError(f"{folder}: no images in the {split} split of the corpus")
-    order = sorted(range(len(found)), key=lambda i: wanted[found[i]]) if wanted is not None else None
-    if order is not None:
+    if wanted is not None:
+        order = sorted(range(len(found)), key=lambda i: wanted[found[i]])
         images, labels, found = (
             [images[i] for i in order],
             [labels[i] for i in order],
@@ -148,26 +112,3 @@ def read_corpus(
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
     y = torch.tensor(labels, dtype=torch.long).reshape(len(found), len(attributes))
     return CorpusImages(x, y, found, attributes)
-
-
-def corpus_folder(data_cfg: Any, image_size: int) -> Path:
-    """The packed corpus folder (with dataset.json) that a run's ``data`` config trains on.
-
-    synthetic: the cached built-in corpus (built if missing); shards: ``data.path`` when it
-    is a folder, else the folder of its first local shard.
-    """
-    if data_cfg.source == "synthetic":
-        from ganscale.corpus.synthetic import ensure_synthetic_corpus
-
-        return ensure_synthetic_corpus(
-            data_cfg.cache_dir, data_cfg.synthetic_n, image_size, data_cfg.synthetic_seed
-        )
-    path = Path(str(data_cfg.path).split(",")[0].strip())
-    if path.is_dir():
-        return path
-    if path.parent.is_dir() and (path.parent / "dataset.json").is_file():
-        return path.parent
-    raise GanscaleError(
-        f"data.path {data_cfg.path!r}: evaluation needs a local corpus folder with "
-        f"dataset.json (pack one with `ganscale data pack`)"
-    )

@@ -7,24 +7,18 @@ shared back so every rank returns the same numbers. The z vectors and conditions
 from a fixed seed, so successive evaluations (and runs on any number of ranks) judge the
 same requests: the curve moves only because G does.
 
-The trainer's side (the lead wires it; see the report)::
-
-    self.evaluator = TrainingEvaluator(cfg, self.attributes, corpus_folder(...), rt.device,
-                                       rt.rank, rt.world_size) if cfg.eval.every else None
-    ...
-    if self.evaluator and step % cfg.eval.every == 0:
-        m = self.evaluator.evaluate(self.ema.shadow, step, rt)
-        self.metrics.write({"step": step, **m}); self.tracker.log(m, step=step)
-        if cfg.eval.keep_best and self.evaluator.is_better(m, step) and rt.is_main:
-            export_generator(self.ema.shadow, self.meta, self.run_dir / "best")
+The trainer's side: it builds an :class:`EvalContext` (config, attributes, runtime, EMA
+generator, export metadata, run folder, metrics file, tracker) and calls
+``TrainingEvalHook.build(ctx)`` once, then ``hook.after_step(step, final)`` after each step.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -32,9 +26,14 @@ from torch import nn
 
 from ganscale.errors import GanscaleError
 from ganscale.evaluation.classifier import ensure_classifier
-from ganscale.evaluation.config import METRIC_DIRECTIONS, eval_config_of
-from ganscale.evaluation.evaluate import draw_conditions, real_reference, score
+from ganscale.evaluation.config import METRIC_DIRECTIONS
 from ganscale.evaluation.features import load_inception
+from ganscale.evaluation.scoring import draw_conditions, real_reference, score
+
+if TYPE_CHECKING:
+    from ganscale.config import Config
+    from ganscale.outputs.tracking import MetricsFile, Tracker
+    from ganscale.runtime.base import Runtime
 
 PREFIX = "eval/"
 EVAL_SEED = 12345  # z and conditions of the training-time evaluation set (fixed for the run)
@@ -57,8 +56,9 @@ class TrainingEvaluator:
         rank: int = 0,
         world_size: int = 1,
         log: Any = print,
+        inception_env: str | None = None,
     ) -> None:
-        ecfg = eval_config_of(cfg)
+        ecfg = cfg.eval
         self.n, self.metric = int(ecfg.n), str(ecfg.metric)
         self.direction = METRIC_DIRECTIONS[self.metric]
         self.attributes = {k: list(v) for k, v in attributes.items()}
@@ -68,7 +68,7 @@ class TrainingEvaluator:
         self.z_dim, self.z_sigma = int(cfg.model.z_dim), float(cfg.model.z_sigma)
         self.log = log if rank == 0 else _quiet
         self.clf = ensure_classifier(self.folder, self.device, log=self.log)
-        self.inception, message = load_inception(ecfg.inception or None, self.device)
+        self.inception, message = load_inception(ecfg.inception or None, self.device, env_value=inception_env)
         if self.inception is None:
             if self.metric.endswith("_inception"):
                 raise GanscaleError(f"eval.metric={self.metric} needs Inception weights. {message}")
@@ -158,8 +158,27 @@ class TrainingEvaluator:
             self.best, self.best_step = state.get("best"), state.get("best_step")
 
 
+@dataclass(frozen=True)
+class EvalContext:
+    """Exactly what the training-time evaluation needs from the run (built by the trainer)."""
+
+    cfg: Config
+    attributes: dict[str, list[str]]
+    rt: Runtime
+    """Device, rank, process count and ``all_gather_object`` (every rank evaluates)."""
+    generator: nn.Module
+    """The generator to judge (the trainer's EMA generator, updated in place)."""
+    meta: dict[str, Any]
+    """The generator's export metadata (for ``RUN/best/``)."""
+    run_dir: Path
+    metrics: MetricsFile
+    tracker: Tracker
+    inception_env: str | None = None
+    """The Inception weights variable's value (:func:`ganscale.runtime.env.inception_weights`)."""
+
+
 class TrainingEvalHook:
-    """All the trainer needs, in one object: ``TrainingEvalHook.build(trainer)`` once (None when
+    """All the trainer needs, in one object: ``TrainingEvalHook.build(ctx)`` once (None when
     eval is off), then ``hook.after_step(step, final)`` after every step, on every rank.
 
     It evaluates the EMA generator every ``eval.every`` steps (and at the last step), writes the
@@ -168,29 +187,31 @@ class TrainingEvalHook:
     ``state_dict``/``load_state_dict`` carry the best value across a resume.
     """
 
-    def __init__(self, trainer: Any, every: int) -> None:
-        from ganscale.evaluation.corpus_images import corpus_folder
+    def __init__(self, ctx: EvalContext, every: int) -> None:
+        from ganscale.data.resolve import corpus_folder
 
-        cfg, rt = trainer.cfg, trainer.rt
-        self.trainer, self.every, self.cfg = trainer, every, eval_config_of(cfg)
+        cfg, rt = ctx.cfg, ctx.rt
+        self.ctx, self.every, self.cfg = ctx, every, cfg.eval
         folder = corpus_folder(cfg.data, cfg.model.image_size)
-        self.evaluator = TrainingEvaluator(cfg, trainer.attributes, folder, rt.device, rt.rank, rt.world_size)
+        self.evaluator = TrainingEvaluator(
+            cfg, ctx.attributes, folder, rt.device, rt.rank, rt.world_size, inception_env=ctx.inception_env
+        )
 
     @classmethod
-    def build(cls, trainer: Any) -> TrainingEvalHook | None:
+    def build(cls, ctx: EvalContext) -> TrainingEvalHook | None:
         from ganscale.evaluation.config import eval_interval
 
-        every = eval_interval(trainer.cfg)
-        return cls(trainer, every) if every > 0 else None
+        every = eval_interval(ctx.cfg)
+        return cls(ctx, every) if every > 0 else None
 
     def after_step(self, step: int, final: bool = False) -> dict[str, float] | None:
         if step % self.every and not final:
             return None
-        t = self.trainer
-        metrics = self.evaluator.evaluate(t.ema.shadow, step, t.rt)
-        t.metrics.write({"step": step, **{k: round(v, 6) for k, v in metrics.items()}})
-        t.tracker.log(metrics, step=step)
-        if self.cfg.keep_best and self.evaluator.is_better(metrics, step) and t.rt.is_main:
+        c = self.ctx
+        metrics = self.evaluator.evaluate(c.generator, step, c.rt)
+        c.metrics.write({"step": step, **{k: round(v, 6) for k, v in metrics.items()}})
+        c.tracker.log(metrics, step=step)
+        if self.cfg.keep_best and self.evaluator.is_better(metrics, step) and c.rt.is_main:
             self.export_best(step, metrics)
         return metrics
 
@@ -199,9 +220,8 @@ class TrainingEvalHook:
 
         from ganscale.outputs.export import export_generator
 
-        t = self.trainer
-        best = Path(t.run_dir) / "best"
-        export_generator(t.ema.shadow, t.meta, best)
+        best = Path(self.ctx.run_dir) / "best"
+        export_generator(self.ctx.generator, self.ctx.meta, best)
         info = {
             "step": step,
             "metric": self.evaluator.metric,

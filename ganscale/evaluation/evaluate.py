@@ -5,223 +5,29 @@ the run's resolution (the ceiling for attribute accuracy) and the same feature m
 between two disjoint halves of the corpus (the floor for FID/KID, the top for
 precision/recall). Real features are cached per corpus, keyed by the classifier's hash, the
 resolution and n, under ``<corpus>/eval-cache/``.
+
+This module is the run-level driver (find the run's generator and corpus, write eval.json
+and the confusion PNGs, print a summary); the scoring itself is
+:mod:`ganscale.evaluation.scoring`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ganscale.errors import GanscaleError
-from ganscale.evaluation.classifier import Classifier, accuracy, ensure_classifier
-from ganscale.evaluation.corpus_images import list_keys, read_corpus, spread_keys
-from ganscale.evaluation.features import InceptionFeatures, load_inception
-from ganscale.evaluation.fid import KID_SUBSET_SIZE, feature_metrics
+from ganscale.evaluation.classifier import ensure_classifier
+from ganscale.evaluation.features import load_inception
+from ganscale.evaluation.scoring import confusion, draw_conditions, generated_features, real_reference, score
 
 EVAL_FORMAT = "ganscale-eval"
-CACHE_DIR = "eval-cache"
-GEN_BATCH = 250
-
-
-# --------------------------------------------------------------------------- real reference
-
-
-@dataclass
-class RealReference:
-    """Real images' features at one resolution: set A (compared with generated images),
-    set B (disjoint, for the real-vs-real floor), labels of A, and the reference values."""
-
-    features: Tensor
-    labels: Tensor
-    floor: dict[str, float]
-    real_accuracy: dict[str, float]
-    n: int
-    inception_features: Tensor | None = None
-    cache_files: list[str] = field(default_factory=list)
-
-
-def _save_cache(path: Path, tensors: dict[str, Tensor], info: dict[str, Any]) -> bool:
-    from safetensors.torch import save_file
-
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        save_file(
-            {k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"info": json.dumps(info)}
-        )
-        os.replace(tmp, path)
-        return True
-    except OSError:  # a read-only corpus: compute again next time
-        return False
-
-
-def _load_cache(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]] | None:
-    from safetensors import safe_open
-
-    if not path.is_file():
-        return None
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            info = json.loads((f.metadata() or {}).get("info", "{}"))
-            return {k: f.get_tensor(k) for k in f.keys()}, info  # noqa: SIM118 - safe_open has no __iter__
-    except (OSError, ValueError, json.JSONDecodeError):
-        return None
-
-
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
-
-
-def real_reference(
-    folder: Path,
-    clf: Classifier,
-    size: int,
-    n: int,
-    inception: InceptionFeatures | None = None,
-    log: Any = print,
-) -> RealReference:
-    """Features of 2 x n real images (n each for sets A and B; fewer if the corpus is small),
-    from the cache when present."""
-    folder = Path(folder)
-    base = f"s{size}-n{n}"
-    path = folder / CACHE_DIR / f"real-classifier-{clf.digest}-{base}.safetensors"
-    cached = _load_cache(path)
-    images = None
-    if cached is None:
-        keys = list_keys(folder)
-        half = min(n, len(keys) // 2)
-        if half < 8:
-            raise GanscaleError(f"{folder}: {len(keys)} images; evaluation needs at least 16")
-        chosen = spread_keys(keys, 2 * half)
-        log(f"real statistics: {2 * half} images of {folder} at {size} px (cached for next time)")
-        real = read_corpus(folder, size, keys=chosen)
-        images = real.images  # uint8: converted batch by batch
-        feats, pred = clf.run(images)
-        a, b = slice(0, half), slice(half, 2 * half)
-        floor = feature_metrics(feats[a], feats[b], "classifier", kid_subset_size=min(KID_SUBSET_SIZE, half))
-        real_acc = accuracy(pred[a], real.labels[a], clf.attributes)
-        info = {"floor": floor, "real_accuracy": real_acc, "n": half, "size": size}
-        tensors = {"features_a": feats[a], "features_b": feats[b], "labels_a": real.labels[a]}
-        _save_cache(path, tensors, info)
-    else:
-        tensors, info = cached
-    ref = RealReference(
-        tensors["features_a"],
-        tensors["labels_a"],
-        dict(info["floor"]),
-        dict(info["real_accuracy"]),
-        int(info["n"]),
-        cache_files=[str(path)],
-    )
-    if inception is not None:
-        ipath = folder / CACHE_DIR / f"real-inception-{_file_digest(inception.path)}-{base}.safetensors"
-        icached = _load_cache(ipath)
-        if icached is None:
-            if images is None:
-                chosen = spread_keys(list_keys(folder), 2 * ref.n)
-                images = read_corpus(folder, size, keys=chosen).images
-            log(f"real statistics: Inception features of {len(images)} images")
-            feats = inception(images)
-            a, b = feats[: ref.n], feats[ref.n : 2 * ref.n]
-            ifloor = feature_metrics(a, b, "inception", kid_subset_size=min(KID_SUBSET_SIZE, ref.n))
-            _save_cache(ipath, {"features_a": a}, {"floor": ifloor})
-        else:
-            a, ifloor = icached[0]["features_a"], icached[1]["floor"]
-        ref.inception_features = a
-        ref.floor |= ifloor
-        ref.cache_files.append(str(ipath))
-    return ref
-
-
-# --------------------------------------------------------------------------- generated images
-
-
-def draw_conditions(reference_labels: Tensor, n: int, num_classes: list[int], seed: int) -> Tensor:
-    """n label rows drawn (with replacement) from the corpus's own rows, so conditions follow
-    the corpus's joint distribution; unknown (-1) entries drawn from that attribute's marginal."""
-    gen = torch.Generator().manual_seed(seed)
-    rows = reference_labels[torch.randint(len(reference_labels), (n,), generator=gen)].clone()
-    for a, k in enumerate(num_classes):
-        known = reference_labels[:, a][reference_labels[:, a] >= 0]
-        missing = rows[:, a] < 0
-        if missing.any():
-            pool = known if len(known) else torch.arange(k)
-            rows[missing, a] = pool[torch.randint(len(pool), (int(missing.sum()),), generator=gen)]
-    return rows
-
-
-@torch.no_grad()
-def generated_features(
-    G: nn.Module,
-    meta: dict[str, Any],
-    labels: Tensor | None,
-    n: int,
-    seed: int,
-    device: torch.device,
-    clf: Classifier,
-    inception: InceptionFeatures | None = None,
-    batch_size: int = GEN_BATCH,
-) -> tuple[Tensor, Tensor, Tensor | None]:
-    """(classifier features, predicted labels, Inception features or None) of n images from G,
-    z ~ N(0, z_sigma) drawn from ``seed``; images are made and consumed batch by batch."""
-    was_training = G.training
-    G.eval()
-    gen = torch.Generator().manual_seed(seed)
-    feats, preds, incep = [], [], []
-    try:
-        for i in range(0, n, batch_size):
-            b = min(batch_size, n - i)
-            z = (torch.randn(b, meta["z_dim"], generator=gen) * meta["z_sigma"]).to(device)
-            y = labels[i : i + b].to(device) if labels is not None else None
-            x = G(z, y).float().clamp(-1, 1)
-            f, p = clf.run(x)
-            feats.append(f)
-            preds.append(p)
-            if inception is not None:
-                incep.append(inception(x))
-    finally:
-        G.train(was_training)
-    return torch.cat(feats), torch.cat(preds), (torch.cat(incep) if incep else None)
-
-
-def confusion(requested: Tensor, predicted: Tensor, k: int) -> Tensor:
-    """Counts [k, k]: row = requested class, column = class the classifier saw."""
-    idx = requested * k + predicted
-    return torch.bincount(idx, minlength=k * k).reshape(k, k)
-
-
-def score(
-    gen_features: Tensor,
-    gen_pred: Tensor,
-    requested: Tensor | None,
-    ref: RealReference,
-    attributes: dict[str, list[str]],
-    gen_inception: Tensor | None = None,
-) -> dict[str, float]:
-    """Flat metrics: ``acc/<attr>``, ``acc_joint`` (conditional G only), and
-    ``{fid,kid,kid_std,precision,recall}_{classifier,inception}``."""
-    out: dict[str, float] = {}
-    if requested is not None and attributes:
-        acc = accuracy(gen_pred, requested, attributes)
-        out |= {f"acc/{a}": acc[a] for a in attributes}
-        out["acc_joint"] = acc["joint"]
-    kid_m = min(KID_SUBSET_SIZE, len(gen_features), len(ref.features))
-    out |= feature_metrics(ref.features, gen_features, "classifier", kid_subset_size=kid_m)
-    if gen_inception is not None and ref.inception_features is not None:
-        out |= feature_metrics(ref.inception_features, gen_inception, "inception", kid_subset_size=kid_m)
-    return out
 
 
 def plot_confusion(counts: Tensor, names: list[str], attribute: str, path: Path) -> Path:
@@ -274,7 +80,7 @@ def metric_keys(space: str) -> list[str]:
 def run_corpus(run: Path) -> tuple[Path, dict[str, Any]]:
     """(corpus folder, run config dict) of a run folder (from its config.yaml)."""
     from ganscale.config import load_config
-    from ganscale.evaluation.corpus_images import corpus_folder
+    from ganscale.data.resolve import corpus_folder
 
     run_dir = run if run.is_dir() else run.parent
     for folder in (run_dir, run_dir.parent):
@@ -299,10 +105,13 @@ def evaluate_run(
     inception: str | Path | None = None,
     seed: int = 0,
     log: Any = print,
+    inception_env: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate the run's (best, else final) EMA generator; write ``out`` (default RUN/eval.json)
-    and one ``confusion-<attr>.png`` per attribute beside it. Returns what was written."""
-    from ganscale.evaluation.config import eval_config_of
+    and one ``confusion-<attr>.png`` per attribute beside it. Returns what was written.
+
+    ``inception_env``: the Inception weights variable's value, read by the CLI
+    (:func:`ganscale.runtime.env.inception_weights`)."""
     from ganscale.outputs.export import find_export, load_generator
 
     t0 = time.perf_counter()
@@ -318,7 +127,7 @@ def evaluate_run(
     else:
         corpus_dir = Path(corpus)
     if inception is None and cfg is not None:
-        inception = eval_config_of(cfg).inception or None
+        inception = cfg.eval.inception or None
     out_path = Path(out) if out is not None else (run if run.is_dir() else run.parent) / "eval.json"
     attributes = meta["attributes"]
     size = int(meta["image_size"])
@@ -329,7 +138,7 @@ def evaluate_run(
             f"{clf.path}: classifier attributes {list(clf.attributes)} differ from the "
             f"generator's {list(attributes)}; is --corpus the corpus this run trained on?"
         )
-    incep, message = load_inception(inception, dev)
+    incep, message = load_inception(inception, dev, env_value=inception_env)
     if incep is None:
         log(message)
     ref = real_reference(corpus_dir, clf, size, n, incep, log=log)
@@ -381,7 +190,11 @@ def evaluate_run(
             "path": str(incep.path) if incep else None,
             "message": message,
         },
-        "real_vs_real": {"n": ref.n, **pick("classifier", ref.floor), **pick("inception", ref.floor)},
+        "real_vs_real": {
+            "n": ref.images_per_set,
+            **pick("classifier", ref.floor),
+            **pick("inception", ref.floor),
+        },
         "real_cache": ref.cache_files,
         "seconds": 0.0,
     }

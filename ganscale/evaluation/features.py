@@ -2,7 +2,8 @@
 
 Inception weights are never downloaded. They are used only when a local TorchScript file is
 named by ``eval.inception`` in the config, ``--inception PATH`` or the ``GANSCALE_INCEPTION``
-environment variable. Two conventions are understood:
+environment variable (read by :func:`ganscale.runtime.env.inception_weights`, whose value the
+caller passes in as ``env_value``). Two conventions are understood:
 
 - the TorchScript detector of stylegan2-ada-pytorch / clean-fid (``inception-2015-12-05.pt``):
   called as ``m(images_uint8_range, return_features=True)`` -> [N, 2048] pool features; it
@@ -15,7 +16,6 @@ Without a file, :func:`inception_unavailable_message` is the one line to show.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ganscale.errors import GanscaleError
+from ganscale.runtime.env import INCEPTION_ENV
 
-INCEPTION_ENV = "GANSCALE_INCEPTION"
 INCEPTION_SIZE = 299
 
 
@@ -36,12 +36,13 @@ def inception_unavailable_message() -> str:
     )
 
 
-def inception_path(configured: str | Path | None = None) -> Path | None:
-    """The local Inception file to use: the configured path, else $GANSCALE_INCEPTION, else None.
+def inception_path(configured: str | Path | None = None, env_value: str | None = None) -> Path | None:
+    """The local Inception file to use: the configured path, else ``env_value`` (the value of
+    $GANSCALE_INCEPTION, from :func:`ganscale.runtime.env.inception_weights`), else None.
 
     A path that is given but missing is an error (a typo should not silently skip a metric).
     """
-    raw = str(configured) if configured else os.environ.get(INCEPTION_ENV, "")
+    raw = str(configured) if configured else (env_value or "")
     if not raw:
         return None
     path = Path(raw).expanduser()
@@ -93,10 +94,18 @@ class InceptionFeatures:
 
 
 def load_inception(
-    configured: str | Path | None = None, device: str | torch.device = "cpu"
+    configured: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    *,
+    env_value: str | None,
 ) -> tuple[InceptionFeatures | None, str]:
-    """(extractor, "") when a local file is given; (None, the one-line message) otherwise."""
-    path = inception_path(configured)
+    """(extractor, "") when a local file is given; (None, the one-line message) otherwise.
+
+    ``configured``: ``eval.inception`` or ``--inception``; ``env_value``: what
+    :func:`ganscale.runtime.env.inception_weights` returned (None: unset), looked up by the
+    caller at the edge (the CLI, the trainer).
+    """
+    path = inception_path(configured, env_value)
     if path is None:
         return None, inception_unavailable_message()
     return InceptionFeatures(path, device), ""

@@ -9,8 +9,8 @@ same in the classifier's feature space and in Inception's.
   no scipy needed, and no complex parts to discard as with ``scipy.linalg.sqrtm``.
 - KID (Binkowski et al. 2018): the unbiased MMD^2 estimate with the cubic polynomial kernel
   ``k(x, y) = (x.y / D + 1)^3``, averaged over random subsets (as in the reference code).
-- Precision/recall (Kynkaanniemi et al. 2019): a sample counts as covered if it lies inside
-  the k-NN ball (k = 3) of some sample of the other set.
+- Precision/recall (Kynkaanniemi et al. 2019): a feature vector counts as covered if it lies
+  inside the k-NN ball (k = 3) of some vector of the other set.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def kid(
 ) -> tuple[float, float]:
     """Unbiased KID (mean, std over subsets) between two feature sets.
 
-    Each subset draws ``m = min(subset_size, N, M)`` samples without replacement from each
+    Each subset draws ``m = min(subset_size, N, M)`` vectors without replacement from each
     set; MMD^2 is estimated without the diagonal terms of the within-set kernels, so its
     expectation is 0 when both sets come from one distribution (it can be negative).
     """
@@ -84,7 +84,7 @@ def kid(
     d = x.shape[1]
     m = min(subset_size, len(x), len(y))
     if m < 2:
-        raise ValueError(f"KID needs at least 2 samples in each set, got {len(x)} and {len(y)}")
+        raise ValueError(f"KID needs at least 2 feature vectors in each set, got {len(x)} and {len(y)}")
     if m == len(x) == len(y):
         subsets = 1  # every subset would be the whole of both sets
     rng = np.random.default_rng(seed)
@@ -123,13 +123,13 @@ def _coverage(points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor) 
 def precision_recall(real: Any, fake: Any, k: int = PR_K) -> tuple[float, float]:
     """Improved precision and recall (Kynkaanniemi et al. 2019) with k-NN radii.
 
-    precision: fraction of fake samples inside the real manifold (quality);
-    recall: fraction of real samples inside the fake manifold (coverage/diversity).
+    precision: fraction of generated images' features inside the real manifold (quality);
+    recall: fraction of real images' features inside the generated manifold (coverage/diversity).
     """
     r = torch.as_tensor(_f64(real))
     f = torch.as_tensor(_f64(fake))
     if min(len(r), len(f)) <= k:
-        raise ValueError(f"precision/recall with k={k} needs more than {k} samples per set")
+        raise ValueError(f"precision/recall with k={k} needs more than {k} feature vectors per set")
     precision = _coverage(f, r, _knn_radii(r, k))
     recall = _coverage(r, f, _knn_radii(f, k))
     return precision, recall

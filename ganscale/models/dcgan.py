@@ -1,6 +1,7 @@
 """The DCGAN of Radford et al. (2016): transposed-conv G, strided-conv D trunk.
 
-G: z (+ one-hot labels) -> ConvT 4x4 -> [ConvT stride 2 + BN + ReLU]* -> ConvT to RGB -> tanh.
+G: z (+ one-hot labels) -> ConvT 4x4 -> [ConvT stride 2 + BN + ReLU]* -> ConvT to RGB -> tanh
+(with model.g_condition: cbn, z alone, and each BN conditional on the labels).
 D trunk: [Conv 4x4 stride 2 + BN (not on the first layer) + LeakyReLU 0.2]* down to 4x4,
 flattened; the heads (``heads.py``) turn these features into logits. A linear adversarial
 head on the flattened 4x4 map is exactly DCGAN's final 4x4 valid conv.
@@ -15,34 +16,51 @@ from itertools import pairwise
 
 from torch import Tensor, nn
 
-from ganscale.models.layers import LEAK, concat_one_hot, log2_int, norm2d
+from ganscale.models.layers import (
+    LEAK,
+    CondSequential,
+    concat_one_hot,
+    g_norm,
+    generator_code_dim,
+    label_code,
+    log2_int,
+    norm2d,
+)
 
 MAX_MULT = 16
 
 
 class DCGANGenerator(nn.Module):
-    def __init__(self, z_dim: int, num_classes: list[int], image_size: int, channels: int) -> None:
+    """``condition``: ``concat`` feeds [z, one-hot labels] to the first conv; ``cbn`` feeds z
+    alone and conditions every BatchNorm on the labels (``layers.ConditionalBatchNorm2d``)."""
+
+    def __init__(
+        self, z_dim: int, num_classes: list[int], image_size: int, channels: int, condition: str = "concat"
+    ) -> None:
         super().__init__()
         self.z_dim = z_dim
         self.num_classes = list(num_classes)
+        self.code_dim = generator_code_dim(self.num_classes, condition)
         n_up = log2_int(image_size, "image_size") - 2  # 4x4 -> image_size
         mults = [min(2 ** (n_up - 1 - i), MAX_MULT) for i in range(n_up)]  # e.g. 8, 4, 2, 1
-        in_ch = z_dim + sum(self.num_classes)
+        in_ch = z_dim + (0 if self.code_dim else sum(self.num_classes))
         layers: list[nn.Module] = [
             nn.ConvTranspose2d(in_ch, channels * mults[0], 4, 1, 0, bias=False),
-            nn.BatchNorm2d(channels * mults[0]),
+            g_norm(channels * mults[0], self.code_dim),
             nn.ReLU(inplace=True),
         ]
         for a, b in pairwise(mults):
             layers += [
                 nn.ConvTranspose2d(channels * a, channels * b, 4, 2, 1, bias=False),
-                nn.BatchNorm2d(channels * b),
+                g_norm(channels * b, self.code_dim),
                 nn.ReLU(inplace=True),
             ]
         layers += [nn.ConvTranspose2d(channels * mults[-1], 3, 4, 2, 1), nn.Tanh()]
-        self.net = nn.Sequential(*layers)
+        self.net = CondSequential(*layers)
 
     def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
+        if self.code_dim:
+            return self.net(z[:, :, None, None], label_code(labels, self.num_classes, z.dtype))
         h = concat_one_hot(z, labels, self.num_classes)
         return self.net(h[:, :, None, None])
 

@@ -11,18 +11,23 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
-
-from ganscale.config import Config, config_from_dict
 from ganscale.errors import ConfigError, GanscaleError
+
+if TYPE_CHECKING:  # torch is imported where it is used: the ONNX path reads META without it
+    import torch
+    from torch import nn
+
+    from ganscale.config import Config
 
 EXPORT_FORMAT = "ganscale-generator"
 EXPORT_VERSION = 1
 WEIGHTS = "generator.safetensors"
 META = "generator.json"
+FOLDER_WEIGHTS = "model.safetensors"
+"""A model folder (``ganscale export RUN``, Hugging Face layout) holds these two instead."""
+FOLDER_CONFIG = "config.json"
 
 
 def generator_meta(cfg: Config, attributes: dict[str, list[str]]) -> dict[str, Any]:
@@ -61,11 +66,14 @@ def find_export(path: Path) -> tuple[Path, Path]:
     ``RUN/generator.safetensors``, else the EMA generator of its latest checkpoint.
     """
     path = Path(path)
+    if path.name in (FOLDER_WEIGHTS, FOLDER_CONFIG):
+        return path.with_name(FOLDER_WEIGHTS), path.with_name(FOLDER_CONFIG)
     if path.suffix in (".safetensors", ".json"):
         return path.with_suffix(".safetensors"), path.with_suffix(".json")
     if not path.exists():
         raise GanscaleError(f"{path}: no such run folder or generator file")
     for weights, meta in (
+        (path / FOLDER_WEIGHTS, path / FOLDER_CONFIG),
         (path / "best" / WEIGHTS, path / "best" / META),
         (path / WEIGHTS, path / META),
         (path / "G_ema.safetensors", path / META),
@@ -85,9 +93,11 @@ def find_export(path: Path) -> tuple[Path, Path]:
 
 def load_generator(path: Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild G from an export (or run/checkpoint folder) and load its weights, in eval mode."""
+    import torch
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    from ganscale.config import config_from_dict
     from ganscale.models import build_generator
 
     weights, meta_path = find_export(path)

@@ -1,20 +1,25 @@
-"""`ganscale sample`: grids, single images and interpolation GIFs from a trained generator."""
+"""`ganscale sample`: grids, single images and interpolation GIFs from a trained generator.
+
+torch is imported inside the functions that use it: a ``.onnx`` generator is sampled through
+onnxruntime (``ganscale.outputs.engines``) on a machine without torch.
+"""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
-
-import torch
-from PIL import Image
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from ganscale.errors import GanscaleError
-from ganscale.outputs.images import make_grid, save_png, to_uint8
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 
 def pick_device(device: str | None) -> torch.device:
+    import torch
+
     if device:
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise GanscaleError(f"--device {device}: CUDA is not available here; use --device cpu")
@@ -38,6 +43,8 @@ def parse_conditions(text: str | None, meta: dict[str, Any]) -> list[str] | None
 
 
 def labels_for(conditions: list[str], attributes: dict[str, list[str]]) -> torch.Tensor:
+    import torch
+
     from ganscale.corpus.vocab import parse_tags
 
     return torch.tensor([parse_tags(c, attributes) for c in conditions], dtype=torch.long)
@@ -54,12 +61,25 @@ def all_conditions(attributes: dict[str, list[str]]) -> list[str]:
     ]
 
 
-def noise(n: int, meta: dict[str, Any], seed: int, device: torch.device) -> torch.Tensor:
+def noise(
+    n: int, meta: dict[str, Any], seed: int, device: torch.device, truncation: float | None = None
+) -> torch.Tensor:
+    """z ~ N(0, z_sigma^2); with ``truncation`` (in standard deviations) entries beyond it are
+    redrawn from the same generator (the truncation trick)."""
+    import torch
+
     gen = torch.Generator().manual_seed(seed)
-    return (torch.randn(n, meta["z_dim"], generator=gen) * meta["z_sigma"]).to(device)
+    z = torch.randn(n, meta["z_dim"], generator=gen)
+    if truncation is not None:
+        from ganscale.outputs.engines import MAX_TRUNCATION, MIN_TRUNCATION
+
+        if not MIN_TRUNCATION <= truncation <= MAX_TRUNCATION:
+            raise GanscaleError(f"--truncation {truncation}: use {MIN_TRUNCATION} to {MAX_TRUNCATION}")
+        while bool((bad := z.abs() > truncation).any()):
+            z[bad] = torch.randn(int(bad.sum()), generator=gen)
+    return (z * meta["z_sigma"]).to(device)
 
 
-@torch.no_grad()
 def generate(
     G: nn.Module,
     meta: dict[str, Any],
@@ -68,20 +88,24 @@ def generate(
     seed: int,
     device: torch.device,
     rows: int = 4,
+    truncation: float | None = None,
 ) -> torch.Tensor:
     """Images [R*per_condition, 3, S, S]: one row per condition, the same z down each column
     (so a column shows one face under every condition)."""
+    import torch
+
     was_training = G.training
     G.eval()
-    try:
-        if conditions is None:
-            z = noise(rows * per_condition, meta, seed, device)
-            return G(z, None).float()
-        z = noise(per_condition, meta, seed, device).repeat(len(conditions), 1)
-        labels = labels_for(conditions, meta["attributes"]).to(device).repeat_interleave(per_condition, 0)
-        return G(z, labels).float()
-    finally:
-        G.train(was_training)
+    with torch.no_grad():
+        try:
+            if conditions is None:
+                z = noise(rows * per_condition, meta, seed, device, truncation)
+                return G(z, None).float()
+            z = noise(per_condition, meta, seed, device, truncation).repeat(len(conditions), 1)
+            labels = labels_for(conditions, meta["attributes"]).to(device).repeat_interleave(per_condition, 0)
+            return G(z, labels).float()
+        finally:
+            G.train(was_training)
 
 
 def sample_command(
@@ -93,17 +117,31 @@ def sample_command(
     all_conditions: bool = False,
     interpolate: str | None = None,
     device: str | None = None,
+    truncation: float | None = None,
 ) -> Path:
-    """What `ganscale sample` does; returns the path written."""
-    from ganscale.outputs.export import load_generator
+    """What `ganscale sample` does; returns the path written. ``run`` may also be a ``.onnx``
+    export (or a folder holding only one): then onnxruntime runs it and torch is never imported
+    (its z comes from numpy, so seed k there is the same face as seed k in `ganscale serve`,
+    not as seed k of the PyTorch path, whose stream is kept for existing runs)."""
+    from ganscale.outputs.engines import is_onnx
 
-    dev = pick_device(device)
-    G, meta = load_generator(Path(run), dev)
+    onnx = is_onnx(Path(run))
+    if onnx:
+        from ganscale.outputs.engines import load_engine
+
+        engine = load_engine(Path(run), device or "cpu")
+        meta: dict[str, Any] = engine.meta
+    else:
+        from ganscale.outputs.export import load_generator
+
+        dev = pick_device(device)
+        G, meta = load_generator(Path(run), dev)
     out_str = str(out) if out is not None else ""
     if interpolate is not None:
-        return _interpolate(
-            G, meta, tags, interpolate, n or 16, seed, dev, Path(out_str or "interpolation.gif")
-        )
+        target = Path(out_str or "interpolation.gif")
+        if onnx:
+            return _interpolate_engine(engine, tags, interpolate, n or 16, seed, target, truncation)
+        return _interpolate(G, meta, tags, interpolate, n or 16, seed, dev, target, truncation)
     if all_conditions:
         if not meta["attributes"]:
             raise GanscaleError("--all-conditions: this generator is unconditional")
@@ -113,20 +151,77 @@ def sample_command(
         conditions = parse_conditions(tags, meta)
         count = n or 64
         per = count if conditions is None or len(conditions) == 1 else max(1, count // len(conditions))
-    if conditions is None:
-        images = generate(G, meta, None, count, seed, dev, rows=1)
+    if onnx:
+        arrays = _generate_engine(engine, conditions, count if conditions is None else per, seed, truncation)
     else:
-        images = generate(G, meta, conditions, per, seed, dev)
+        from ganscale.outputs.images import to_uint8
+
+        if conditions is None:
+            images = generate(G, meta, None, count, seed, dev, rows=1, truncation=truncation)
+        else:
+            images = generate(G, meta, conditions, per, seed, dev, truncation=truncation)
+        arrays = to_uint8(images)
     if out_str.endswith("/") or (out is not None and Path(out).is_dir()):
         folder = Path(out_str)
         folder.mkdir(parents=True, exist_ok=True)
-        for i, arr in enumerate(to_uint8(images)):
-            save_png(arr, folder / f"{i:05d}.png")
+        for i, arr in enumerate(arrays):
+            _save(arr, folder / f"{i:05d}.png")
         return folder
+    from ganscale.outputs.engines import grid
+
     path = Path(out_str or "samples.png")
-    ncol = per if conditions is not None and len(conditions) > 1 else int(math.ceil(math.sqrt(len(images))))
-    save_png(make_grid(images, ncol=ncol), path)
+    ncol = per if conditions is not None and len(conditions) > 1 else int(math.ceil(math.sqrt(len(arrays))))
+    return _save(grid(arrays, ncol=ncol), path)
+
+
+def _save(array: Any, path: Path, data: bytes | None = None) -> Path:
+    """An HWC uint8 array as PNG (or raw ``data``), atomically, with PIL only."""
+    from ganscale.outputs.engines import png_bytes
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data if data is not None else png_bytes(array))
+    tmp.replace(path)
     return path
+
+
+def _generate_engine(
+    engine: Any, conditions: list[str] | None, per: int, seed: int, truncation: float | None
+):  # noqa: ANN202
+    """The torch-free twin of :func:`generate`: uint8 [R*per, S, S, 3], same z down each column."""
+    import numpy as np
+
+    from ganscale.corpus.vocab import parse_tags
+    from ganscale.outputs.engines import draw_z
+
+    z = draw_z(per, engine.meta, seed, truncation)
+    if conditions is None:
+        return engine.images(z)
+    labels = np.array([parse_tags(c, engine.attributes) for c in conditions], dtype=np.int64)
+    return engine.images(np.tile(z, (len(conditions), 1)), np.repeat(labels, per, 0))
+
+
+def _interpolate_engine(
+    engine: Any, tags: str | None, target: str, frames: int, seed: int, out: Path, truncation: float | None
+) -> Path:
+    """The torch-free twin of :func:`_interpolate` (one batch: the frames are the batch)."""
+    import numpy as np
+
+    from ganscale.corpus.vocab import parse_tags
+    from ganscale.outputs.engines import draw_z, gif_bytes, slerp_np
+
+    frames = max(2, frames)
+    z0, z1 = draw_z(2, engine.meta, seed, truncation)
+    t = np.linspace(0, 1, frames, dtype=np.float32)[:, None]
+    z = slerp_np(np.repeat(z0[None], frames, 0), np.repeat(z1[None], frames, 0), t)
+    if engine.attributes:
+        start = parse_tags(parse_conditions(tags, engine.meta)[0], engine.attributes)
+        end = parse_tags(target, engine.attributes)
+        lab = np.array([start] * frames, np.int64)
+        images = engine.images(z, lab, np.array([end] * frames, np.int64), t)
+    else:
+        images = engine.images(z)
+    return _save(None, out, gif_bytes(images))
 
 
 def _all(meta: dict[str, Any]) -> list[str]:
@@ -135,6 +230,7 @@ def _all(meta: dict[str, Any]) -> list[str]:
 
 def one_hot_code(labels: torch.Tensor, attributes: dict[str, list[str]]) -> torch.Tensor:
     """[B, A] class indices -> the concatenated one-hot code G is conditioned on."""
+    import torch
     import torch.nn.functional as F
 
     sizes = [len(v) for v in attributes.values()]
@@ -143,6 +239,8 @@ def one_hot_code(labels: torch.Tensor, attributes: dict[str, list[str]]) -> torc
 
 def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
     """Spherical interpolation between two latent vectors (keeps the norm typical of z)."""
+    import torch
+
     an, bn = a / a.norm(dim=-1, keepdim=True), b / b.norm(dim=-1, keepdim=True)
     omega = torch.acos((an * bn).sum(-1, keepdim=True).clamp(-1, 1))
     so = torch.sin(omega)
@@ -151,7 +249,6 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
     return torch.sin((1 - t) * omega) / so * a + torch.sin(t * omega) / so * b
 
 
-@torch.no_grad()
 def _interpolate(
     G: nn.Module,
     meta: dict[str, Any],
@@ -161,10 +258,22 @@ def _interpolate(
     seed: int,
     device: torch.device,
     out: Path,
+    truncation: float | None = None,
 ) -> Path:
     """A GIF walking z (slerp between two draws) and, for conditional G, the condition from
     --tags to --interpolate (continuously, through mixed one-hot codes)."""
-    z0, z1 = noise(2, meta, seed, device).chunk(2)
+    import torch
+
+    with torch.no_grad():
+        return _interpolate_torch(G, meta, tags, target, frames, seed, device, out, truncation)
+
+
+def _interpolate_torch(G, meta, tags, target, frames, seed, device, out, truncation):  # noqa: ANN001, ANN202
+    from PIL import Image
+
+    from ganscale.outputs.images import to_uint8
+
+    z0, z1 = noise(2, meta, seed, device, truncation).chunk(2)
     attributes = meta["attributes"]
     if attributes:
         start = labels_for(parse_conditions(tags, meta)[:1], attributes)

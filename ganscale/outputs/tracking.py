@@ -2,16 +2,15 @@
 
 Only the main process gets a real tracker; other ranks get :class:`NullTracker`, so the
 loop never asks ``if rank == 0``. A tracker failure (no network, bad key, full disk) warns
-once and turns the tracker off: it never stops training. W&B runs offline unless an API
-key is configured, so nothing needs an account.
+once and turns the tracker off: it never stops training. W&B's mode is decided from the
+environment by :func:`ganscale.runtime.env.wandb_mode` (offline unless an API key is
+configured, so nothing needs an account) and passed in; this module reads no environment.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import netrc
-import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -63,31 +62,16 @@ class _Guarded(Tracker):
             )
 
 
-def wandb_mode() -> str:
-    """WANDB_MODE if set; else online when an API key is configured, offline otherwise."""
-    mode = os.environ.get("WANDB_MODE")
-    if mode:
-        return mode
-    if os.environ.get("WANDB_API_KEY"):
-        return "online"
-    try:
-        rc = netrc.netrc()
-        if rc.authenticators("api.wandb.ai"):
-            return "online"
-    except (OSError, netrc.NetrcParseError):
-        pass
-    return "offline"
-
-
 class WandbTracker(_Guarded):
     name = "wandb"
 
-    def __init__(self, run_dir: Path, project: str, name: str, config: dict[str, Any]) -> None:
+    def __init__(self, run_dir: Path, project: str, name: str, config: dict[str, Any], mode: str) -> None:
+        """``mode``: W&B's ``online``, ``offline`` or ``disabled`` (see module docstring)."""
         super().__init__()
         self.run = None
-        self._guard(self._init, run_dir, project, name, config)
+        self._guard(self._init, run_dir, project, name, config, mode)
 
-    def _init(self, run_dir: Path, project: str, name: str, config: dict[str, Any]) -> None:
+    def _init(self, run_dir: Path, project: str, name: str, config: dict[str, Any], mode: str) -> None:
         import wandb
 
         self.wandb = wandb
@@ -96,7 +80,7 @@ class WandbTracker(_Guarded):
             name=name,
             dir=str(run_dir),
             config=config,
-            mode=wandb_mode(),
+            mode=mode,
             resume="allow",
             id=_stable_run_id(run_dir),
             settings=wandb.Settings(silent=True),
@@ -159,12 +143,22 @@ def _stable_run_id(run_dir: Path) -> str:
 
 
 def build_tracker(
-    kind: str, run_dir: Path, project: str, name: str, config: dict[str, Any], is_main: bool
+    kind: str,
+    run_dir: Path,
+    project: str,
+    name: str,
+    config: dict[str, Any],
+    is_main: bool,
+    wandb_mode: str,
 ) -> Tracker:
+    """The tracker ``log.tracker`` names on the main process, :class:`NullTracker` elsewhere.
+
+    ``wandb_mode``: from :func:`ganscale.runtime.env.wandb_mode`, decided by the caller.
+    """
     if not is_main or kind == "none":
         return NullTracker()
     if kind == "wandb":
-        return WandbTracker(run_dir, project, name, config)
+        return WandbTracker(run_dir, project, name, config, wandb_mode)
     return TensorBoardTracker(run_dir)
 
 

@@ -4,6 +4,11 @@ The trainer calls only what is here: ``rt.autocast()``, ``rt.backward(loss, "d")
 ``rt.step("d")``, ``rt.no_sync("d", ...)``, ``rt.is_main``, ``rt.all_reduce_mean``.
 Models stay plain ``nn.Module``s. The backends: :mod:`ganscale.runtime.accelerate_backend`
 (DDP through Accelerate) and :mod:`ganscale.runtime.deepspeed_backend` (two ZeRO engines).
+
+Gradient accumulation is one contract for both backends: every micro-step's forward and
+backward run inside ``rt.no_sync(net, enabled=micro < accum - 1)``, so ``enabled`` says
+"not the accumulation boundary" (no gradient reduction yet), and ``rt.step(net)`` follows
+the boundary micro-step's backward.
 """
 
 from __future__ import annotations
@@ -22,7 +27,13 @@ from ganscale.config import Config
 
 NETS = ("g", "d")
 
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+AMP_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}
+"""``train.mixed_precision`` -> autocast dtype (absent: "no", full precision)."""
+
+
+def amp_dtype(mixed_precision: str) -> torch.dtype | None:
+    """The autocast dtype for ``train.mixed_precision``, None for full precision."""
+    return AMP_DTYPES.get(mixed_precision)
 
 
 def make_adam(
@@ -87,7 +98,7 @@ class Runtime:
 
     # ---- precision -----------------------------------------------------------------
     def _init_precision(self, mixed_precision: str) -> None:
-        self.amp_dtype = _DTYPES.get(mixed_precision)
+        self.amp_dtype = amp_dtype(mixed_precision)
         if mixed_precision == "fp16" and self.device.type == "cpu":
             warnings.warn(
                 "fp16 autocast on CPU is slow and unsupported by some ops; bf16 is the CPU choice",
@@ -137,17 +148,13 @@ class Runtime:
         return G, D
 
     def no_sync(self, net: str, enabled: bool) -> contextlib.AbstractContextManager:
-        """Skip the gradient all-reduce for accumulation micro-steps (all but the last)."""
+        """Wrap one micro-step's forward and backward; ``enabled``: not the accumulation
+        boundary (all micro-steps but the last), so gradients are not reduced yet."""
         return contextlib.nullcontext()
 
     def module(self, net: str) -> nn.Module:
         """The plain module (no DDP wrapper), e.g. D during the G step."""
         raise NotImplementedError
-
-    def gathered(self, net: str) -> contextlib.AbstractContextManager:
-        """Full parameters of ``net`` inside the block (collective). Only ZeRO-3 partitions
-        them; e.g. ``with rt.gathered("g"): ema.update()``."""
-        return contextlib.nullcontext()
 
     def set_lr(self, net: str, factor: float) -> None:
         for group in self.opt[net].param_groups:
@@ -167,13 +174,6 @@ class Runtime:
         out: list[Any] = [None] * self.world_size
         torch.distributed.all_gather_object(out, obj)
         return out
-
-    def broadcast_object(self, obj: Any) -> Any:
-        if self.world_size == 1:
-            return obj
-        box = [obj]
-        torch.distributed.broadcast_object_list(box, src=0)
-        return box[0]
 
     def barrier(self) -> None:
         if self.world_size > 1:

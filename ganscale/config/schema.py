@@ -1,0 +1,73 @@
+"""The root :class:`Config`: the sections of a run, the checks across them, derived values."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import ganscale.config.sections as sections
+from ganscale.config.sections import check
+from ganscale.errors import ConfigError
+
+
+@dataclass
+class Config:
+    """A whole run."""
+
+    name: str = ""
+    """Run name; defaults to the config file's stem."""
+    seed: int = 0
+    """Seed for weights, noise and data order."""
+    backend: Literal["accelerate", "deepspeed"] = "accelerate"
+    """Distribution backend."""
+    model: sections.ModelConfig = field(default_factory=sections.ModelConfig)
+    loss: sections.LossConfig = field(default_factory=sections.LossConfig)
+    optim: sections.OptimConfig = field(default_factory=sections.OptimConfig)
+    train: sections.TrainConfig = field(default_factory=sections.TrainConfig)
+    data: sections.DataConfig = field(default_factory=sections.DataConfig)
+    checkpoint: sections.CheckpointConfig = field(default_factory=sections.CheckpointConfig)
+    log: sections.LogConfig = field(default_factory=sections.LogConfig)
+    deepspeed: sections.DeepSpeedConfig = field(default_factory=sections.DeepSpeedConfig)
+    faults: sections.FaultConfig = field(default_factory=sections.FaultConfig)
+    eval: sections.EvalConfig = field(default_factory=sections.EvalConfig)
+
+    def __post_init__(self) -> None:
+        check(-(2**63) <= self.seed < 2**63, "seed", f"must fit in 64 bits, got {self.seed}")
+        if self.loss.penalty == "gp" and self.model.d_norm == "batch":
+            raise ConfigError(
+                "config key model.d_norm: batch norm breaks the per-sample gradient "
+                "penalty of WGAN-GP; use --set model.d_norm=auto (or none)"
+            )
+        if self.model.head == "projection" and not self.model.conditional:
+            raise ConfigError("config key model.head: projection needs model.conditional: true")
+        every = self.faults.check_every
+        if every > 1 and self.checkpoint.every % every:
+            raise ConfigError(
+                f"config key faults.check_every: checkpoint.every ({self.checkpoint.every}) must be a "
+                f"multiple of it ({every}), so no checkpoint holds an unchecked step"
+            )
+
+    def grad_accum_for(self, world_size: int) -> int:
+        """Micro-steps per optimizer step on ``world_size`` processes (train.global_batch wins)."""
+        tc = self.train
+        if not tc.global_batch:
+            return tc.grad_accum
+        per_step = tc.batch_size * world_size
+        if tc.global_batch % per_step:
+            raise ConfigError(
+                f"config key train.global_batch: {tc.global_batch} is not divisible by train.batch_size x "
+                f"processes = {tc.batch_size} x {world_size}; pick a multiple of {per_step}"
+            )
+        return tc.global_batch // per_step
+
+    @property
+    def d_norm(self) -> str:
+        """The resolved D normalisation (auto -> none for WGAN-GP, else batch)."""
+        if self.model.d_norm != "auto":
+            return self.model.d_norm
+        return "none" if self.loss.penalty == "gp" else "batch"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as plain nested dicts (what save_config writes and the tracker logs)."""
+        return dataclasses.asdict(self)
