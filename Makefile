@@ -13,14 +13,14 @@ PYTEST_ARGS ?=
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH_SPEC)" -e ".[dev]"
+	$(PY) -m pip install -q "$(TORCH_SPEC)" -e ".[dev,serve]"
 	touch $(STAMP)
 
 install: $(STAMP)
 
 demo: install
 	$(VENV)/bin/ganscale train configs/quickstart.yaml --out runs/quickstart
-	$(VENV)/bin/ganscale sample runs/quickstart --n 48 --out runs/quickstart/demo-grid.png \
+	$(VENV)/bin/ganscale sample runs/quickstart --n 48 --out runs/quickstart/demo-grid.png --labels --min-cell 64 \
 	  --tags "aqua hair orange eyes; blue hair blue eyes; blue hair red eyes; green hair blue eyes; pink hair green eyes; blonde hair purple eyes"
 	@echo "demo grid: runs/quickstart/demo-grid.png"
 

@@ -11,6 +11,19 @@ micro-batches see the same global batch, slot by slot. It writes what the test c
     torchrun --nproc_per_node 2 tests/dist_worker.py first_steps OUT --batch 4 --no-norm
     torchrun --nproc_per_node 1 tests/dist_worker.py first_steps OUT --batch 8 --slots 2 --no-norm
 
+Two more modes run ganscale's own code paths end to end:
+
+    torchrun --nproc_per_node 2 tests/dist_worker.py eval OUT --source-run RUN --eval-n 64
+    python tests/dist_worker.py cli --nan 1:4 -- train configs/tiny.yaml --out RUN ...
+
+``eval``: the real Trainer resumes RUN's latest checkpoint and runs its training-time
+evaluation hook once (every rank); each rank's metrics go to ``OUT/rank{r}.json``. ``cli``: the
+real ``ganscale`` CLI (exit code and one-line errors included), with a fault injected on one
+rank into ganscale's own objects: ``--nan RANK:STEP`` (G's output becomes NaN once, at the
+0-based step), ``--data-end RANK:BATCHES`` (that rank's data ends after so many batches),
+``--enospc RANK:SAVE`` (that rank's commit of its SAVE-th checkpoint meets a full disk).
+Start it as the ranks of a group with ``distlib.ranks``.
+
 ``--break no_sync`` / ``--break freeze`` are negative controls: they patch the trainer's run
 so that it no longer suspends the gradient all-reduce during accumulation micro-steps, or no
 longer freezes D in the G phase; the tests assert that the result then changes.
@@ -168,6 +181,7 @@ def build(backend: str, stage: int, batch: int, accum: int, out: Path, precision
     if "freeze" in BREAK:  # the trainer no longer freezes D in the G phase
         D = rt.module("d")
         D.requires_grad_ = lambda requires_grad=True: D
+        trainer._d_params = []  # the trainer toggles D's parameters one by one (train.shared_fake)
     return trainer
 
 
@@ -363,9 +377,92 @@ def resume(args: argparse.Namespace) -> dict:
     return report
 
 
+def evaluate(args: argparse.Namespace) -> dict:
+    """The training-time evaluation hook of a real Trainer resumed from RUN's latest checkpoint."""
+    from ganscale.config import load_config
+    from ganscale.outputs.tracking import MetricsFile, NullTracker
+    from ganscale.runtime import build_runtime
+    from ganscale.train.checkpoint import latest_checkpoint
+    from ganscale.train.trainer import Trainer
+
+    run = Path(args.source_run)
+    ref = latest_checkpoint(run)
+    cfg = load_config(run / "config.yaml", ["eval.every=1", f"eval.n={args.eval_n}", "log.tracker=none"])
+    rt = build_runtime(cfg)
+    out = Path(args.out) / "run"
+    trainer = Trainer(cfg, out, rt, resume=str(ref.path), tracker=NullTracker(), metrics=MetricsFile(None))
+    metrics = trainer.eval_hook.after_step(trainer.state.step, final=True)
+    report = {"rank": rt.rank, "world_size": rt.world_size, "step": trainer.state.step, "metrics": metrics}
+    trainer.close()
+    rt.end()
+    return report
+
+
+def _target(spec: str | None) -> tuple[int, int] | None:
+    if spec is None:
+        return None
+    rank, value = spec.split(":")
+    return int(rank), int(value)
+
+
+def cli(argv: list[str]) -> None:
+    """The ganscale CLI with one rank-targeted fault (see the module docstring)."""
+    import errno
+    import itertools
+
+    from ganscale.cli import main as ganscale_main
+    from ganscale.runtime.env import launch_env
+    from ganscale.train import checkpoint as ckpt
+    from ganscale.train import trainer as trainer_module
+
+    split = argv.index("--")
+    ap = argparse.ArgumentParser(prog="dist_worker.py cli")
+    ap.add_argument("--nan", type=_target)
+    ap.add_argument("--data-end", type=_target)
+    ap.add_argument("--enospc", type=_target)
+    opts = ap.parse_args(argv[:split])
+    rank = launch_env().rank or 0
+    init = trainer_module.Trainer.__init__
+
+    def patched(self, *a, **k) -> None:
+        init(self, *a, **k)
+        if opts.nan and opts.nan[0] == rank:
+            at, fired = opts.nan[1], []
+
+            def hook(module, inputs, out):
+                if self.state.step == at and not fired:
+                    fired.append(at)
+                    print(f"[drill] rank {rank}: G output -> NaN at step index {at}", file=sys.stderr)
+                    return out * float("nan")
+                return None
+
+            self.rt.module("g").register_forward_hook(hook)
+        if opts.data_end and opts.data_end[0] == rank:
+            self.batches.source = itertools.islice(self.batches.source, opts.data_end[1])
+
+    trainer_module.Trainer.__init__ = patched
+    if opts.enospc and opts.enospc[0] == rank:
+        commit, saves = ckpt.commit, []
+
+        def full_disk(run_dir, step, state, keep):
+            saves.append(step)
+            if len(saves) == opts.enospc[1]:
+                raise OSError(errno.ENOSPC, "No space left on device", str(ckpt.staging_dir(run_dir, step)))
+            return commit(run_dir, step, state, keep)
+
+        ckpt.commit = full_disk
+    torch.set_num_threads(1)
+    ganscale_main(argv[split + 1 :])
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["cli"]:
+        cli(sys.argv[2:])
+        return
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=["equivalence", "resume", "first_steps", "data"])
+    ap.add_argument("mode", choices=["equivalence", "resume", "first_steps", "data", "eval"])
+    ap.add_argument("--source-run", default="")
+    ap.add_argument("--eval-n", type=int, default=64)
     ap.add_argument("--cache", default="")
     ap.add_argument("out")
     ap.add_argument("--stage", type=int, default=2)
@@ -387,6 +484,7 @@ def main() -> None:
     BREAK[:] = args.breaks
     Path(args.out).mkdir(parents=True, exist_ok=True)
     modes = {"equivalence": equivalence, "resume": resume, "first_steps": first_steps, "data": data}
+    modes["eval"] = evaluate
     report = modes[args.mode](args)
     rank = int(os.environ.get("RANK", "0"))
     (Path(args.out) / f"rank{rank}.json").write_text(json.dumps(report))

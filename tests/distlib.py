@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -66,6 +67,59 @@ def run(cmd: list[str], timeout: float = 240, cwd: Path = REPO, **extra: str) ->
     if p.returncode != 0:
         raise AssertionError(f"exit {p.returncode}: {' '.join(args)}\n{(out + err)[-6000:]}")
     return p
+
+
+class RankGroup:
+    """``nproc`` processes started as the ranks of one gloo group, with the variables torchrun
+    sets but without torchrun: each rank's own exit code, log file and pid (to signal one)."""
+
+    def __init__(self, nproc: int, args: list[str | Path], logs: Path, **extra: str) -> None:
+        port = str(free_port())
+        logs.mkdir(parents=True, exist_ok=True)
+        self.args, self.logs = [str(a) for a in args], [logs / f"rank{r}.log" for r in range(nproc)]
+        self.procs: list[subprocess.Popen] = []
+        for r in range(nproc):
+            group = {"RANK": str(r), "WORLD_SIZE": str(nproc), "LOCAL_RANK": str(r)}
+            group |= {"LOCAL_WORLD_SIZE": str(nproc), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
+            with open(self.logs[r], "w") as f:
+                self.procs.append(
+                    subprocess.Popen(
+                        self.args,
+                        cwd=REPO,
+                        env=env(**(group if nproc > 1 else {}), **extra),
+                        stdout=f,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                    )
+                )
+
+    def text(self, rank: int) -> str:
+        return self.logs[rank].read_text(errors="replace")
+
+    def wait(self, timeout: float = 240) -> list[tuple[int, str]]:
+        """(exit code, log) per rank. Past ``timeout`` every rank is killed and this raises:
+        the hang is the failure."""
+        deadline = time.monotonic() + timeout
+        try:
+            for p in self.procs:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            texts = []
+            for r, p in enumerate(self.procs):
+                if p.poll() is None:
+                    os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+                texts.append(f"--- rank {r} ---\n{self.text(r)[-3000:]}")
+            cmd = " ".join(self.args)
+            raise AssertionError(f"hung: not done after {timeout}s: {cmd}\n" + "\n".join(texts)) from None
+        return [(p.returncode, self.text(r)) for r, p in enumerate(self.procs)]
+
+
+def ranks(
+    nproc: int, args: list[str | Path], logs: Path, timeout: float = 240, **extra: str
+) -> list[tuple[int, str]]:
+    """Run ``args`` as ``nproc`` ranks (:class:`RankGroup`); (exit code, log) per rank."""
+    return RankGroup(nproc, args, logs, **extra).wait(timeout)
 
 
 def torchrun(nproc: int, *args: str | Path) -> list[str]:

@@ -26,6 +26,28 @@ def test_zero3_is_refused_with_the_fix():
         config_from_dict({"backend": "deepspeed", "deepspeed": {"zero_stage": 3}})
 
 
+@pytest.mark.parametrize("stage", [0, 1, 2])
+@pytest.mark.parametrize("penalty", ["gp", "r1", "dragan"])
+def test_gradient_penalties_are_accepted_under_deepspeed(stage, penalty):
+    """The config does not refuse them: they train under DeepSpeed (ZeRO-1/2 against the
+    Accelerate backend in tests/test_deepspeed_penalties.py). configs/wgan-gp.yaml loads on it."""
+    from ganscale.config import load_config
+
+    adversarial = "wgan" if penalty == "gp" else "bce"
+    cfg = config_from_dict(
+        {
+            "backend": "deepspeed",
+            "deepspeed": {"zero_stage": stage},
+            "loss": {"penalty": penalty, "adversarial": adversarial},
+        }
+    )
+    assert cfg.loss.penalty == penalty and cfg.d_norm == ("none" if penalty == "gp" else "batch")
+    wgan_gp = load_config(
+        REPO / "configs" / "wgan-gp.yaml", ["backend=deepspeed", f"deepspeed.zero_stage={stage}"]
+    )
+    assert wgan_gp.loss.penalty == "gp" and wgan_gp.backend == "deepspeed"
+
+
 @pytest.mark.parametrize("stage", [1, 2])
 def test_launch_json_files_are_what_the_backend_builds(stage):
     """launch/deepspeed/zeroN.json documents the built config; "auto" = from the ganscale config."""

@@ -7,8 +7,10 @@ import pytest
 import torch
 
 from ganscale.errors import GanscaleError
+from ganscale.evaluation.classifier import accuracy
 from ganscale.evaluation.features import INCEPTION_ENV, InceptionFeatures, load_inception
 from ganscale.evaluation.fid import fid, frechet_distance, kid, precision_recall
+from ganscale.evaluation.scoring import per_value_accuracy, uniform_conditions
 from ganscale.runtime.env import inception_weights
 
 
@@ -106,3 +108,40 @@ def test_local_torchscript_inception_is_used(tmp_path, monkeypatch):
     feats = extractor(torch.zeros(5, 3, 16, 16))
     assert feats.shape == (5, 6)
     assert torch.allclose(feats[:, :3], torch.full((5, 3), 127.5))  # [-1, 1] -> [0, 255]
+
+
+def test_uniform_conditions_cover_every_combination_equally():
+    sizes = [12, 10]
+    rows = uniform_conditions(360, sizes, seed=0)  # 3 x each of the 120 combinations
+    combos = torch.bincount(rows[:, 0] * 10 + rows[:, 1], minlength=120)
+    assert rows.shape == (360, 2) and set(combos.tolist()) == {3}
+    assert not torch.equal(rows, uniform_conditions(360, sizes, seed=1))  # order follows the seed
+    assert torch.equal(rows, uniform_conditions(360, sizes, seed=0))
+    # a remainder is spread: combinations 2 or 3 times, each colour as evenly as it can be
+    rows = uniform_conditions(250, sizes, seed=3)
+    combos = torch.bincount(rows[:, 0] * 10 + rows[:, 1], minlength=120)
+    assert set(combos.tolist()) == {2, 3} and int(combos.sum()) == 250
+    for a, k in enumerate(sizes):
+        per_value = torch.bincount(rows[:, a], minlength=k)
+        assert int(per_value.max() - per_value.min()) <= 1, (a, per_value.tolist())
+    few = uniform_conditions(7, [3], seed=0)  # one attribute, fewer than two rounds
+    assert sorted(torch.bincount(few[:, 0], minlength=3).tolist()) == [2, 2, 3]
+
+
+def test_per_value_accuracy_weighted_mean_is_the_overall_accuracy():
+    attributes = {"hair": ["aqua", "blue", "pink"], "eyes": ["red", "green"]}
+    gen = torch.Generator().manual_seed(0)
+    requested = torch.stack(
+        [torch.randint(0, 2, (50,), generator=gen), torch.randint(0, 2, (50,), generator=gen)], 1
+    )
+    pred = requested.clone()
+    pred[::3, 0] = (pred[::3, 0] + 1) % 3  # some wrong hair
+    pred[requested[:, 1] == 1, 1] = 0  # green eyes never recognised
+    acc, counts = per_value_accuracy(pred, requested, attributes)
+    overall = accuracy(pred, requested, attributes)
+    assert acc["hair"]["pink"] is None and counts["hair"]["pink"] == 0  # never asked for
+    assert acc["eyes"]["green"] == 0.0 and acc["eyes"]["red"] == 1.0
+    for name, values in attributes.items():
+        assert sum(counts[name].values()) == 50
+        mean = sum(acc[name][v] * counts[name][v] for v in values if counts[name][v]) / 50
+        assert mean == pytest.approx(overall[name], abs=1e-6)  # float32 means

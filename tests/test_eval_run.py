@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from ganscale.config import load_config
 from ganscale.data.resolve import corpus_folder
+from ganscale.errors import GanscaleError
 from ganscale.evaluation.config import EvalConfig
 from ganscale.evaluation.during_training import TrainingEvaluator
 from ganscale.evaluation.evaluate import evaluate_run
@@ -34,7 +35,7 @@ SPACE_KEYS = {
 TOP_KEYS = {
     "format", "run", "generator", "n", "image_size", "seed", "corpus", "classifier", "accuracy",
     "real_accuracy", "confusion_matrices", "confusion_counts", "inception", "real_vs_real", "real_cache",
-    "seconds",
+    "seconds", "acc_uniform", "acc_per_value", "acc_per_value_n", "truncation_psi",
 } | SPACE_KEYS  # fmt: skip
 
 
@@ -92,6 +93,41 @@ def test_eval_writes_eval_json_with_every_field(run, tmp_path):
     assert again["fid_classifier"] == pytest.approx(written["fid_classifier"])
 
 
+def test_eval_reports_uniform_and_per_colour_accuracy_consistently(run, tmp_path):
+    from ganscale.evaluation.evaluate import summary
+
+    n = 240  # 12 hair x 10 eyes combinations, each exactly twice in the uniform draws
+    result = evaluate_run(run, n=n, out=tmp_path / "u.json", log=lambda *_: None)
+    assert result == json.loads((tmp_path / "u.json").read_text())
+    attrs = load_generator(run)[1]["attributes"]
+    even, per, counts = result["acc_uniform"], result["acc_per_value"], result["acc_per_value_n"]
+    assert set(even) == {"hair", "eyes", "joint"} and all(0 <= v <= 1 for v in even.values())
+    assert even["joint"] <= min(even["hair"], even["eyes"]) + 1e-9
+    for attr, values in attrs.items():
+        assert list(per[attr]) == values == list(counts[attr])
+        assert set(counts[attr].values()) == {n // len(values)}  # every colour equally often
+        weighted = sum(per[attr][v] * counts[attr][v] for v in values) / n
+        assert weighted == pytest.approx(even[attr], abs=1e-6)  # float32 means
+        # the corpus-like draws are consistent with their own confusion counts
+        c = torch.tensor(result["confusion_counts"][attr])
+        assert result["accuracy"][attr] == pytest.approx(float(c.diagonal().sum() / c.sum()), abs=1e-6)
+    assert result["truncation_psi"] == 1.0
+    text = summary(result)
+    assert "every combination equally often" in text and "hair by value" in text and "weakest" in text
+    assert "truncation" not in text
+
+    truncated = evaluate_run(run, n=48, out=tmp_path / "t.json", log=lambda *_: None, truncation=0.4)
+    plain = evaluate_run(run, n=48, out=tmp_path / "p.json", log=lambda *_: None, truncation=1.0)
+    assert truncated["truncation_psi"] == 0.4 and plain["truncation_psi"] == 1.0
+    assert truncated["fid_classifier"] != plain["fid_classifier"]
+    assert "truncation psi 0.4" in summary(truncated)
+    default = evaluate_run(run, n=48, out=tmp_path / "d.json", log=lambda *_: None)
+    assert default["fid_classifier"] == plain["fid_classifier"]  # psi 1 = no truncation, exactly
+    assert default["acc_uniform"] == plain["acc_uniform"]
+    with pytest.raises(GanscaleError, match=r"--truncation 0: psi must be in \(0, 1\]"):
+        evaluate_run(run, n=48, out=tmp_path / "x.json", log=lambda *_: None, truncation=0)
+
+
 def test_eval_cli_prints_the_inception_message_once(run, tmp_path):
     from ganscale.cli import _register_groups, app
 
@@ -102,6 +138,9 @@ def test_eval_cli_prints_the_inception_message_once(run, tmp_path):
     assert out.is_file() and (tmp_path / "confusion-hair.png").is_file()
     assert result.output.count("Inception FID/KID skipped") == 1
     assert "attribute accuracy" in result.output and "real-vs-real" in result.output
+    assert "every combination equally often" in result.output
+    bad = CliRunner().invoke(app, ["eval", str(run), "--n", "32", "--truncation", "2"])
+    assert isinstance(bad.exception, GanscaleError) and "--truncation 2.0" in str(bad.exception)
 
 
 class _TinyInception(torch.nn.Module):
@@ -202,6 +241,38 @@ def test_training_evaluator_gives_the_same_numbers_on_two_ranks(run):
             assert results[0][k] == pytest.approx(single[k], rel=1e-5, abs=1e-6), k
 
 
+def test_training_evaluator_can_pick_best_by_uniform_joint_accuracy(run):
+    cfg, G, meta, folder = _evaluator(run)
+    plain = TrainingEvaluator(cfg, meta["attributes"], folder, "cpu", log=lambda *_: None).evaluate(
+        G, 1, Runtime()
+    )
+    assert not any("uniform" in k for k in plain)  # the default evaluation costs what it did
+    cfg.eval = EvalConfig(n=64, metric="acc_joint_uniform")
+    ev = TrainingEvaluator(cfg, meta["attributes"], folder, "cpu", log=lambda *_: None)
+    m = ev.evaluate(G, 1, Runtime())
+    assert {"eval/acc_joint_uniform", "eval/acc_uniform/hair", "eval/acc_uniform/eyes"} <= set(m)
+    assert 0 <= m["eval/acc_joint_uniform"] <= min(m["eval/acc_uniform/hair"], m["eval/acc_uniform/eyes"])
+    assert {k: v for k, v in m.items() if k in plain and k != "eval/seconds"} == {
+        k: v for k, v in plain.items() if k != "eval/seconds"
+    }
+    assert ev.direction == "max" and ev.is_better(m, 1)
+    assert ev.is_better({"eval/acc_joint_uniform": m["eval/acc_joint_uniform"] + 0.1}, 2)
+    gather = _ThreadGather(2)
+    results = [None, None]
+    evs = [TrainingEvaluator(cfg, meta["attributes"], folder, "cpu", rank=r, world_size=2) for r in range(2)]
+    Gs = [G, load_generator(run)[0]]
+
+    def work(r):
+        results[r] = evs[r].evaluate(Gs[r], 1, gather.rank_view(r))
+
+    threads = [threading.Thread(target=work, args=(r,)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert results[0]["eval/acc_joint_uniform"] == pytest.approx(m["eval/acc_joint_uniform"], abs=1e-6)
+
+
 def test_training_hook_logs_metrics_and_keeps_best(tmp_path, corpus_cache):
     from ganscale.evaluation.during_training import TrainingEvalHook
     from ganscale.outputs.export import find_export
@@ -242,4 +313,5 @@ def test_eval_of_an_unconditional_run_has_no_accuracy(tmp_path, corpus_cache):
     train(cfg, run)
     result = evaluate_run(run, n=32, log=lambda *_: None)
     assert result["accuracy"] is None and result["confusion_matrices"] == {}
+    assert result["acc_uniform"] is None and result["acc_per_value"] is None
     assert isinstance(result["fid_classifier"], float) and (run / "eval.json").is_file()

@@ -106,3 +106,36 @@ def test_enospc_in_the_writer_in_process(tmp_path, corpus_cache, monkeypatch):
     assert any(".step-0000006.tmp" in str(w.message) for w in caught)
     assert verify_run(tmp_path / "run2") == [4, 8]
     record("ENOSPC in writer (in-process)", 2, 2, "stop: one-line error; continue: warned, finished")
+
+
+@pytest.mark.parametrize("policy", ["stop", "continue"])
+def test_enospc_at_the_commit_follows_on_disk_full(tmp_path, corpus_cache, monkeypatch, policy):
+    """The last stage of a save (state.json, the rename) fails: the same policy as the writers'
+    failures (before, a commit failure always stopped, and on several ranks only rank 0 did)."""
+    from ganscale.train import checkpoint as ckpt
+    from ganscale.train.trainer import train
+
+    real, saves = ckpt.commit, []
+
+    def commit(run_dir, step, state, keep):
+        saves.append(step)
+        if len(saves) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device", str(ckpt.staging_dir(run_dir, step)))
+        return real(run_dir, step, state, keep)
+
+    monkeypatch.setattr(ckpt, "commit", commit)
+    cfg = load_config(
+        TINY, [f"data.cache_dir={corpus_cache}", *OVERRIDES, f"checkpoint.on_disk_full={policy}"]
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if policy == "stop":
+            with pytest.raises(CheckpointWriteError, match=r"\.step-0000006\.tmp failed: disk full"):
+                train(cfg, tmp_path / "run")
+        else:
+            assert train(cfg, tmp_path / "run").step == 8
+            assert any(
+                ".step-0000006.tmp" in str(w.message) and "continuing" in str(w.message) for w in caught
+            )
+    assert verify_run(tmp_path / "run") == ([2, 4] if policy == "stop" else [4, 8])
+    assert not staging(tmp_path / "run")

@@ -172,3 +172,34 @@ def test_rollback_of_a_recurring_nan_lowers_lr_again_then_stops(tmp_path, corpus
     assert lrs == pytest.approx([base_lr * 0.5**k for k in range(1, len(lrs) + 1)])
     assert verify_run(run) == [3]
     record("NaN rollback (recurring)", 1, 1, f"{len(lrs)} rollbacks with lr halved each time, then error")
+
+
+def test_a_skipped_step_logs_a_row_with_every_key(tmp_path, corpus_cache):
+    """The record of a skipped step has the same keys as every other step's (NaN where there is
+    no value, skipped = 1): the all-reduce of several ranks lines records up by key."""
+    trainer, run = _trainer(tmp_path, corpus_cache, "faults.nan_policy=skip", "log.every=1")
+    _inject(trainer, "g", math.nan)
+    _run(trainer)
+    rows = [r for r in read_metrics(run / "metrics.jsonl") if "loss/d" in r]
+    assert [r["step"] for r in rows] == list(range(1, 9))
+    assert len({frozenset(r) for r in rows}) == 1
+    assert [r["skipped"] for r in rows] == [1.0 if r["step"] == AT + 1 else 0.0 for r in rows]
+    assert rows[AT]["grad_norm/d"] == "nan" and rows[AT]["grad_norm/g"] != "nan"  # D's update dropped
+
+
+def test_check_every_reads_the_flags_only_at_check_steps(tmp_path, corpus_cache):
+    """faults.check_every=3: the NaN flags (and with them the data-end flag) are read and agreed
+    at steps 3 and 6 only, once per phase; between them the guard never reads the device."""
+    trainer, run = _trainer(
+        tmp_path, corpus_cache, "faults.check_every=3", "train.max_steps=6", "checkpoint.every=3"
+    )
+    reads = []
+    agree = trainer.guard._agree
+
+    def spy(step):
+        reads.append(step + 1)
+        return agree(step)
+
+    trainer.guard._agree = spy
+    result, _ = _run(trainer)
+    assert result.step == 6 and reads == [3, 3, 6, 6]

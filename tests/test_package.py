@@ -124,3 +124,13 @@ def test_only_the_runtime_and_config_read_the_environment():
             if hit:
                 found.append(f"{rel}:{node.lineno}")
     assert not found, f"read the environment through ganscale.runtime.env instead: {found}"
+
+
+def test_no_module_is_too_long_to_read_in_one_sitting():
+    """Small modules, each owning one thing: none in ganscale/ over ~400 lines (STYLE.md)."""
+    long = {
+        str(p.relative_to(PKG)): n
+        for p in sorted(PKG.rglob("*.py"))
+        if (n := len(p.read_text().splitlines())) > 410
+    }
+    assert not long, f"split these modules along what they do: {long}"

@@ -87,3 +87,133 @@ def test_export_whose_json_disagrees_is_refused(run, tmp_path):
 def test_export_loads_without_training_code_paths(run):
     G, meta = load_generator(run / "generator.safetensors")
     assert not G.training and meta["num_classes"] == [12, 10]
+
+
+# --------------------------------------------------------------------------- truncation (psi)
+
+PSIS = (1.0, 0.7, 0.4, 0.1)
+TWO = ["blue hair red eyes", "pink hair green eyes"]
+
+
+def _today(G, meta, conditions, per, seed):
+    """The images `generate` gave before psi existed (z = randn * z_sigma, same z per column)."""
+    import torch
+
+    from ganscale.outputs.sampling import labels_for
+
+    gen = torch.Generator().manual_seed(seed)
+    z = (torch.randn(per, meta["z_dim"], generator=gen) * meta["z_sigma"]).repeat(len(conditions), 1)
+    with torch.no_grad():
+        return G(z, labels_for(conditions, meta["attributes"]).repeat_interleave(per, 0)).float()
+
+
+def test_truncation_pulls_faces_toward_the_mean_face(run):
+    import torch
+
+    from ganscale.outputs.sampling import generate, labels_for, noise
+
+    G, meta = load_generator(run)
+    cpu = torch.device("cpu")
+    z = noise(32, meta, 5, cpu)
+    for psi in PSIS:
+        assert torch.equal(noise(32, meta, 5, cpu, psi=psi), z * psi if psi != 1 else z)
+    labels = labels_for(TWO, meta["attributes"]).repeat_interleave(32, 0)
+    with torch.no_grad():
+        mean_face = G(torch.zeros(64, meta["z_dim"]), labels).float()  # psi = 0
+    dist = [float((generate(G, meta, TWO, 32, 5, cpu, psi=p) - mean_face).abs().mean()) for p in PSIS]
+    assert all(a > b for a, b in zip(dist, dist[1:], strict=False)), dist
+    assert dist[-1] < 0.5 * dist[0], dist
+    # psi = 1 is no truncation at all: exactly the images of before
+    assert torch.equal(generate(G, meta, TWO, 8, 3, cpu, psi=1.0), _today(G, meta, TWO, 8, 3))
+    assert torch.equal(generate(G, meta, TWO, 8, 3, cpu), _today(G, meta, TWO, 8, 3))
+
+
+def test_truncation_on_the_engine_path_is_the_same_psi(run, tmp_path):
+    import numpy as np
+
+    from ganscale.outputs.engines import TorchEngine, draw_z
+
+    engine = TorchEngine(run)
+    meta = engine.meta
+    before = (np.random.default_rng(4).standard_normal((16, meta["z_dim"])) * meta["z_sigma"]).astype(
+        np.float32
+    )
+    assert np.array_equal(draw_z(16, meta, 4), before) and np.array_equal(
+        draw_z(16, meta, 4, psi=1.0), before
+    )
+    labels = np.array([[3, 8]] * 16)
+    mean_face = engine.raw(np.zeros_like(before), labels)
+    dist = []
+    for psi in PSIS:
+        z = draw_z(16, meta, 4, psi=psi)
+        assert np.allclose(z, before * psi, rtol=1e-6, atol=1e-7)
+        dist.append(float(np.abs(engine.raw(z, labels) - mean_face).mean()))
+    assert all(a > b for a, b in zip(dist, dist[1:], strict=False)), dist
+    a = sample_command(run, tags=TWO[0], n=4, seed=2, out=tmp_path / "a.png", truncation=1.0)
+    b = sample_command(run, tags=TWO[0], n=4, seed=2, out=tmp_path / "b.png")
+    c = sample_command(run, tags=TWO[0], n=4, seed=2, out=tmp_path / "c.png", truncation=0.4)
+    assert a.read_bytes() == b.read_bytes() != c.read_bytes()
+
+
+@pytest.mark.parametrize("psi", [0.0, -0.5, 1.5, float("nan")])
+def test_truncation_outside_0_1_is_refused(run, tmp_path, psi):
+    with pytest.raises(GanscaleError, match=r"--truncation .*\(0, 1\]"):
+        sample_command(run, tags=TWO[0], n=4, out=tmp_path / "x.png", truncation=psi)
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_truncation_cli_error_is_one_line(run, tmp_path):
+    r = _cli(run, "--tags", TWO[0], "--truncation", "1.5", "--out", tmp_path / "x.png")
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--truncation 1.5" in lines[0] and "(0, 1]" in lines[0]
+
+
+# --------------------------------------------------------------------------- readable grids
+
+
+def test_labelled_upscaled_grid_shows_the_faces_and_one_label_per_row(run, tmp_path):
+    import numpy as np
+
+    tags = "; ".join([*TWO, "aqua hair orange eyes"])
+    plain = sample_command(run, tags=tags, n=18, out=tmp_path / "plain.png")
+    assert Image.open(plain).size == (6 * 18 + 2, 3 * 18 + 2)  # the library default: as before
+    big = sample_command(run, tags=tags, n=18, out=tmp_path / "big.png", labels=True, min_cell=60)
+    im = np.asarray(Image.open(big).convert("RGB")).astype(int)
+    cell = 64  # 16 px x 4, the smallest whole factor reaching 60 px
+    body_w, body_h = 6 * (cell + 2) + 2, 3 * (cell + 2) + 2  # wider than the caption
+    top, left = im.shape[0] - body_h, im.shape[1] - body_w
+    assert left > 60 and top > 8  # room for the tags at the left and a caption above
+    small = np.asarray(Image.open(plain).convert("RGB")).astype(int)
+    for r in range(3):
+        for c in range(6):
+            face = small[2 + r * 18 : 18 + r * 18, 2 + c * 18 : 18 + c * 18]
+            y, x = top + 2 + r * (cell + 2), left + 2 + c * (cell + 2)
+            assert np.array_equal(im[y : y + cell, x : x + cell], face.repeat(4, 0).repeat(4, 1))
+        band = im[top + 2 + r * (cell + 2) : top + 2 + r * (cell + 2) + cell, :left]
+        assert (band.max(2) < 100).sum() > 20, f"no text beside row {r}"
+    gaps = im[top + 2 + cell : top + 4 + cell, :left]  # between rows 0 and 1: white
+    assert (gaps > 240).all()
+    assert (im[:top, left:].max(2) < 100).any()  # the caption (seed, same z down each column)
+
+
+def test_cli_labels_several_condition_grids_by_default(run, tmp_path):
+    from typer.testing import CliRunner
+
+    from ganscale.cli import _register_groups, app
+
+    _register_groups()
+    sizes = {}
+    for name, extra in {"auto": [], "off": ["--no-labels"], "one": []}.items():
+        tags = TWO[0] if name == "one" else "; ".join(TWO)
+        out = tmp_path / f"{name}.png"
+        r = CliRunner().invoke(
+            app, ["sample", str(run), "--tags", tags, "--n", "4", "--out", str(out), *extra]
+        )
+        assert r.exit_code == 0, r.output
+        sizes[name] = Image.open(out).size
+    assert sizes["off"] == (2 * 18 + 2, 2 * 18 + 2) == sizes["one"]
+    assert sizes["auto"][0] > sizes["off"][0] + 60 and sizes["auto"][1] > sizes["off"][1]
+    r = CliRunner().invoke(app, ["sample", str(run), "--tags", TWO[0], "--min-cell", "64", "--n", "4",
+                                 "--out", str(tmp_path / "m.png")])  # fmt: skip
+    assert r.exit_code == 0 and Image.open(tmp_path / "m.png").size == (2 * 66 + 2, 2 * 66 + 2)

@@ -124,6 +124,8 @@ def test_generate_grid_tags_and_seed(server):
         (b"[1, 2]", 422, ["JSON object"]),
         (b'{"n": 4, "weights": "/etc/passwd"}', 422, ["weights", "unknown field"]),
         (b'{"truncation": 99}', 422, ["truncation"]),
+        (b'{"truncation": 0}', 422, ["truncation", "greater than 0"]),
+        (b'{"truncation": 1.5}', 422, ["truncation", "less than or equal to 1"]),
         (b'{"conditions": {"skin": "green"}}', 422, ["unknown attribute", "skin"]),
     ],
 )
@@ -137,6 +139,41 @@ def test_bad_requests_get_a_clear_error_and_the_server_keeps_serving(server, bod
     ok, data = serve_load.post(server[0] + "/api/generate", {"n": 1, "seed": 0})
     assert ok == 200 and data["n"] == 1
     assert server[1].poll() is None
+
+
+def test_truncation_is_psi_as_in_sample(server, run):
+    """psi 1 is no truncation (the same grid as none); psi < 1 pulls faces to G(0, y), as
+    `ganscale sample --truncation` does (the same draw_z on both backends)."""
+    import numpy as np
+
+    from ganscale.outputs.engines import load_engine
+
+    url = server[0] + "/api/generate"
+    body = {"conditions": {"hair": "blue", "eyes": "red"}, "n": 16, "seed": 7}
+    none, one = (serve_load.post(url, body | extra)[1] for extra in ({}, {"truncation": 1.0}))
+    assert none["image"] == one["image"] and one["truncation"] == 1.0
+    info = get_json(server[0] + "/api/info")["truncation"]
+    assert (info["min"], info["max"], info["min_exclusive"]) == (0.0, 1.0, True)
+    engine = load_engine(run)
+    meta = engine.meta
+    mean_face = engine.images(
+        np.zeros((1, meta["z_dim"]), np.float32),
+        np.array([[meta["attributes"]["hair"].index("blue"), meta["attributes"]["eyes"].index("red")]]),
+    ).astype(float)
+
+    def spread(data):
+        g = np.asarray(
+            Image.open(io.BytesIO(base64.b64decode(data["image"].split(",", 1)[1]))).convert("RGB")
+        )
+        faces = [
+            g[2 + r * TILE : r * TILE + TILE, 2 + c * TILE : c * TILE + TILE]
+            for r in range(4)
+            for c in range(4)
+        ]
+        return float(np.mean([np.abs(f - mean_face[0]).mean() for f in faces]))
+
+    dist = [spread(serve_load.post(url, body | {"truncation": p})[1]) for p in (1.0, 0.7, 0.4, 0.1)]
+    assert all(a > b for a, b in zip(dist, dist[1:], strict=False)), dist
 
 
 def test_oversized_body_and_foreign_host_are_refused(server):

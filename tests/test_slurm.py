@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -153,3 +154,72 @@ def test_preemption_checkpoints_requeues_and_resumes(tmp_path, corpus_cache):
     assert steps == list(range(1, max_steps + 1)), f"lost or repeated steps around {stop_step}: {steps}"
     assert rows[-1]["images_seen"] == max_steps * 8 * 2
     assert (run / "checkpoints" / f"step-{max_steps:07d}" / "state.json").is_file()
+
+
+def test_a_killed_rank_fails_the_job_and_a_requeue_resumes(tmp_path, corpus_cache):
+    """kill -9 of rank 1 mid-run: the other rank does not hang, the job ends FAILED (within the
+    collective timeout + slack), its newest checkpoint is intact, and `scontrol requeue` runs
+    it again with --resume latest to the end."""
+    from faultlib import verify_checkpoint
+
+    max_steps, timeout_s = 200, 20
+    job_id = submit(
+        tmp_path,
+        corpus_cache,
+        f"train.max_steps={max_steps}",
+        "checkpoint.every=5",
+        "log.every=1",
+        "log.sample_every=0",
+        f"faults.collective_timeout_s={timeout_s}",
+    )
+    run = tmp_path / "run"
+    end = time.monotonic() + 180
+    while time.monotonic() < end:
+        ckpts = sorted((run / "checkpoints").glob("step-*")) if (run / "checkpoints").is_dir() else []
+        if ckpts and (run / "metrics.jsonl").is_file() and len(metrics(run)) >= 7:
+            break
+        assert job(job_id).get("JobState") in {"PENDING", "RUNNING"}, job_log(tmp_path)[-4000:]
+        time.sleep(0.2)
+    else:
+        raise AssertionError(f"no checkpoint: {job_log(tmp_path)[-4000:]}")
+    victim = _rank_process(job_id, rank=1)
+    t0 = time.monotonic()
+    os.kill(victim, signal.SIGKILL)
+    info = wait_for(job_id, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"}, timeout_s + 60, run)
+    failed_s = time.monotonic() - t0
+    log = job_log(tmp_path)
+    assert info["JobState"] == "FAILED", f"{info.get('JobState')} {info.get('ExitCode')}\n{log[-4000:]}"
+    assert "trainers exited with" in log and "scontrol requeue" in log  # the script says how to resume
+    last = sorted((run / "checkpoints").glob("step-*"))[-1]
+    stop_step = verify_checkpoint(last)
+    assert stop_step < max_steps
+
+    subprocess.run(["scontrol", "requeue", job_id], check=True, timeout=10)
+    wait_for(job_id, {"PENDING"}, 60, run)
+    time.sleep(2)  # a start within the second of the requeue is refused (see the preemption test)
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True, timeout=10)
+    info = wait_for(job_id, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"}, 300, run)
+    log = job_log(tmp_path)
+    assert info["JobState"] == "COMPLETED", f"{info.get('Reason')} {info.get('ExitCode')}\n{log[-4000:]}"
+    assert f"job {job_id} restart 1" in log and f"resumed from {last} at step {stop_step}" in log
+    rows = [r for r in metrics(run) if "event" not in r]
+    assert rows[-1]["step"] == max_steps
+    assert (run / "checkpoints" / f"step-{max_steps:07d}" / "state.json").is_file()
+    print(f"kill -9 of rank 1 -> job FAILED after {failed_s:.1f} s (collective timeout {timeout_s} s)")
+
+
+def _rank_process(job_id: str, rank: int) -> int:
+    """The pid of the training process of ``rank`` in Slurm job ``job_id`` (this one node)."""
+    import psutil
+
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            cmd = " ".join(p.info["cmdline"] or [])
+            if "ganscale" not in cmd or "train" not in cmd or "accelerate" in cmd:
+                continue
+            e = p.environ()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if e.get("SLURM_JOB_ID") == job_id and e.get("RANK") == str(rank):
+            return p.pid
+    raise AssertionError(f"no rank {rank} process of job {job_id}")

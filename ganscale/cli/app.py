@@ -35,12 +35,14 @@ def _register_groups() -> None:
     from ganscale.bench.step_bench import register as register_bench
     from ganscale.corpus.cli import register as register_data
     from ganscale.evaluation.cli import register as register_eval
+    from ganscale.serve.cli import register as register_serve
     from ganscale.sweep.cli import register as register_sweep
 
     register_data(app)
     register_eval(app)
     register_bench(app)
     register_sweep(app)
+    register_serve(app)
     _registered = True
 
 
@@ -52,6 +54,14 @@ def train(
     resume: Annotated[
         str | None, typer.Option("--resume", help="'latest' (also the bare flag) or a checkpoint folder.")
     ] = None,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Remove the run already in --out (checkpoints, metrics, samples, exports, tracker "
+            "files) and start over. Without it (or --resume) a folder holding a run is refused.",
+        ),
+    ] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved config and exit.")] = False,
 ) -> None:
     """Train a GAN from a YAML config (under `accelerate launch` for several processes)."""
@@ -65,7 +75,7 @@ def train(
         return
     from ganscale.train.trainer import train as run_training
 
-    run_training(cfg, out if out is not None else Path("runs") / cfg.name, resume=resume)
+    run_training(cfg, out if out is not None else Path("runs") / cfg.name, resume=resume, overwrite=overwrite)
 
 
 @app.command()
@@ -93,6 +103,32 @@ def sample(
         ),
     ] = None,
     device: DeviceOpt = None,
+    truncation: Annotated[
+        float | None,
+        typer.Option(
+            "--truncation",
+            metavar="PSI",
+            help="Truncation psi in (0, 1]: z is scaled by psi, pulling faces toward the average one "
+            "(less variety, fewer odd faces); 1 (default) = none.",
+        ),
+    ] = None,
+    labels: Annotated[
+        bool | None,
+        typer.Option(
+            "--labels/--no-labels",
+            help="Write each row's tags at its left (or a caption above a one-condition grid). "
+            "Default: on for grids of several conditions.",
+        ),
+    ] = None,
+    min_cell: Annotated[
+        int,
+        typer.Option(
+            "--min-cell",
+            metavar="PX",
+            help="Enlarge faces (nearest, whole factor) to at least PX px, in grids and PNG folders; "
+            "0 = native size.",
+        ),
+    ] = 0,
 ) -> None:
     """Draw images from a trained (EMA) generator."""
     from ganscale.outputs.sampling import sample_command
@@ -106,6 +142,9 @@ def sample(
         all_conditions=all_conditions,
         interpolate=interpolate,
         device=device,
+        truncation=truncation,
+        labels=labels,
+        min_cell=min_cell,
     )
     typer.echo(f"wrote {written}")
 

@@ -31,6 +31,7 @@ class Config:
     deepspeed: sections.DeepSpeedConfig = field(default_factory=sections.DeepSpeedConfig)
     faults: sections.FaultConfig = field(default_factory=sections.FaultConfig)
     eval: sections.EvalConfig = field(default_factory=sections.EvalConfig)
+    augment: sections.AugmentConfig = field(default_factory=sections.AugmentConfig)
 
     def __post_init__(self) -> None:
         check(-(2**63) <= self.seed < 2**63, "seed", f"must fit in 64 bits, got {self.seed}")
@@ -47,6 +48,13 @@ class Config:
                 f"config key faults.check_every: checkpoint.every ({self.checkpoint.every}) must be a "
                 f"multiple of it ({every}), so no checkpoint holds an unchecked step"
             )
+        self._resolve_augment_policy()
+
+    def _resolve_augment_policy(self) -> None:
+        """augment.policy auto -> the explicit list (saved so), without color when conditional."""
+        aug = self.augment
+        if aug.kind != "none" and aug.policy == "auto":
+            aug.policy = "translation,cutout" if self.model.conditional else "translation,cutout,color"
 
     def grad_accum_for(self, world_size: int) -> int:
         """Micro-steps per optimizer step on ``world_size`` processes (train.global_batch wins)."""
@@ -60,6 +68,16 @@ class Config:
                 f"processes = {tc.batch_size} x {world_size}; pick a multiple of {per_step}"
             )
         return tc.global_batch // per_step
+
+    def shares_fake(self, grad_accum: int) -> bool:
+        """train.shared_fake resolved for a run of ``grad_accum`` micro-steps (auto: where allowed)."""
+        mode, allowed = self.train.shared_fake, self.train.n_critic == 1 and grad_accum == 1
+        if mode is True and not allowed:
+            raise ConfigError(
+                f"config key train.shared_fake: true, but this run accumulates {grad_accum} micro-batches "
+                f"(train.global_batch); use --set train.shared_fake=auto"
+            )
+        return allowed if mode == "auto" else bool(mode)
 
     @property
     def d_norm(self) -> str:

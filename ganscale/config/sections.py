@@ -97,10 +97,24 @@ class LossConfig:
     """D's class loss also on fakes (the original ACGAN, the study's setup). false trains D's
     classifier on real images only, so G must draw the real attribute rather than a code that
     D learns alongside it."""
+    penalty_every: int = 1
+    """Lazy regularisation (StyleGAN2): the penalty runs on D updates 0, N, 2N... with its weight
+    x N (same average strength, N-1 of N updates skip its double backward), added to that
+    update's loss (no extra optimizer step, so Adam's betas/lr stay). 1 = every update."""
+    lecam_weight: float = 0.0
+    """LeCam regularisation of D (Tseng et al. 2021), for limited data: weight x (mean (D(x) -
+    a_F)^2 + mean (D(G(z)) - a_R)^2) on the adversarial logits, a_R / a_F the EMAs of D's mean
+    real / fake output (saved in checkpoints): the paper's two-sided form (the authors' code
+    keeps the one-sided ReLU parts). 0 = off; start small (e.g. 0.1-0.3), it adds to D's loss."""
+    lecam_decay: float = 0.99
+    """Decay of LeCam's EMAs of D's outputs (the paper's 0.99); the first update sets them."""
 
     def __post_init__(self) -> None:
         check(self.penalty_weight >= 0, "loss.penalty_weight", "must be >= 0")
         check(self.class_weight >= 0, "loss.class_weight", "must be >= 0")
+        check(self.penalty_every >= 1, "loss.penalty_every", f"must be >= 1, got {self.penalty_every}")
+        check(self.lecam_weight >= 0, "loss.lecam_weight", f"must be >= 0 (0: off), got {self.lecam_weight}")
+        check(0 <= self.lecam_decay < 1, "loss.lecam_decay", f"must be in [0, 1), got {self.lecam_decay}")
 
 
 @dataclass
@@ -155,6 +169,12 @@ class TrainConfig:
         "default"
     )
     """torch.compile mode when train.compile is on; reduce-overhead uses CUDA graphs (GPU only)."""
+    shared_fake: bool | Literal["auto"] = False
+    """One G forward per step (pytorch/examples' DCGAN loop): D steps on the fake detached, then
+    G steps through that same forward (G is unchanged in between: equal to a second forward of
+    the same z). auto: on where allowed (n_critic 1, no accumulation); true: on, refused
+    elsewhere; false: a no-grad fake for D, a fresh one for G. On, G's BatchNorm running stats
+    (what the eval-mode EMA generator uses) get one update per step instead of two."""
 
     def __post_init__(self) -> None:
         check(self.batch_size > 0, "train.batch_size", f"must be > 0, got {self.batch_size}")
@@ -169,6 +189,11 @@ class TrainConfig:
         check(self.grad_accum >= 1, "train.grad_accum", f"must be >= 1, got {self.grad_accum}")
         check(self.global_batch >= 0, "train.global_batch", f"must be >= 0, got {self.global_batch}")
         check(0 <= self.ema_decay < 1, "train.ema_decay", "must be in [0, 1)")
+        check(
+            self.shared_fake is not True or (self.n_critic == 1 and self.grad_accum == 1),
+            "train.shared_fake",
+            "true needs n_critic 1 and grad_accum 1 (one fake per G step); use auto or false",
+        )
 
 
 @dataclass
@@ -178,7 +203,8 @@ class DataConfig:
     source: Literal["synthetic", "shards"] = "synthetic"
     """synthetic: the built-in corpus, built once into cache_dir; shards: data.path."""
     path: str = ""
-    """Corpus folder with dataset.json, a brace pattern, or a list of shard URLs (comma separated)."""
+    """Corpus folder with dataset.json, a brace pattern, or a list of shard URLs (comma separated);
+    also a dataset.json path or http(s) URL (its shards are resolved relative to it)."""
     cache_dir: str = ".cache/ganscale"
     """Where the built-in synthetic corpus is built and reused."""
     synthetic_n: int = 20000
@@ -199,6 +225,25 @@ class DataConfig:
     """Allow pipe: URLs (they run a shell command)."""
     pin_memory: bool = True
     """Pin host memory for non-blocking copies to the GPU."""
+    augment_on: Literal["device", "loader"] = "device"
+    """Where the flip and rotation are applied. device: the loader only reads and decodes, and
+    the batch is warped on the training device (one grid_sample per batch); loader: PIL in
+    the loader workers (the former path). Same per-record parameters either way."""
+    in_memory: bool = False
+    """Decode the rank's shards once into memory and serve every epoch from there (small
+    corpora): same order, augmentation and resumable position as streaming."""
+    in_memory_max_gb: float = 8.0
+    """With in_memory: the most GB of decoded images one rank may hold; larger is refused."""
+    retry_s: float = 60.0
+    """http(s) shards: seconds a read keeps retrying (with backoff) once the server stops
+    answering, before the run stops with one line naming the URL (the last checkpoint stays
+    intact; with the server back, --resume latest finishes the epoch, each record once).
+    0 = stop at the first failure. The default is about what WebDataset's curl reader (replaced
+    for http/https) waited. Checks at start never retry; local files are never retried."""
+    retry_backoff_s: float = 1.0
+    """http(s) shards: first wait between retries; it doubles after each failure (at most 10 s)."""
+    timeout_s: float = 30.0
+    """http(s) shards: seconds a connect or read may stall before the attempt counts as failed."""
 
     def __post_init__(self) -> None:
         if self.source == "synthetic":
@@ -213,6 +258,58 @@ class DataConfig:
         check(self.num_workers >= 0, "data.num_workers", "must be >= 0")
         check(self.shuffle_buffer >= 0, "data.shuffle_buffer", "must be >= 0")
         check(0 <= self.rotate_degrees <= 180, "data.rotate_degrees", "must be in [0, 180]")
+        check(
+            self.augment_on in ("device", "loader"),
+            "data.augment_on",
+            f"{self.augment_on!r}: use device (warp on the training device) or loader (PIL)",
+        )
+        gb = self.in_memory_max_gb
+        check(math.isfinite(gb) and gb > 0, "data.in_memory_max_gb", f"must be > 0 GB (e.g. 8), got {gb!r}")
+        r, b, t = self.retry_s, self.retry_backoff_s, self.timeout_s
+        check(math.isfinite(r) and r >= 0, "data.retry_s", f"must be >= 0 seconds (0: no retries), got {r!r}")
+        check(math.isfinite(b) and b > 0, "data.retry_backoff_s", f"must be > 0 seconds (e.g. 1), got {b!r}")
+        check(math.isfinite(t) and t > 0, "data.timeout_s", f"must be > 0 seconds (e.g. 30), got {t!r}")
+
+
+AUGMENT_TRANSFORMS = ("translation", "cutout", "color")
+
+
+@dataclass
+class AugmentConfig:
+    """Differentiable augmentation of every image D sees, on the device (small corpora)."""
+
+    kind: Literal["none", "diffaugment", "ada"] = "none"
+    """diffaugment (Zhao et al. 2020): the policy's transforms on every image D sees (D phase:
+    reals and fakes; G phase: fakes, G's gradient flows through; the gradient penalty
+    differentiates D after the augmentation w.r.t. the image before it, as stylegan2-ada does).
+    ada (Karras et al. 2020): each transform per sample with probability p, adapted from r_t =
+    E[sign(D(real))] toward ada_target (logged: augment/p, augment/rt). none: off."""
+    policy: str = "auto"
+    """Comma-separated transforms: translation (1/8 of the side, zero padding), cutout (half
+    the side), color (brightness, saturation, contrast). auto: translation,cutout,color, but
+    translation,cutout for a conditional model: color changes the very attribute (hair/eye
+    colour) it learns (quickstart, 400 steps: D's accuracy on real hair/eyes 73%/34% with
+    color, 97%/64% without). color with a conditional model warns (attributes need not be
+    colours)."""
+    ada_target: float = 0.6
+    """ADA's target for r_t (the paper's 0.6): p rises while r_t is above it."""
+    ada_interval: int = 4
+    """ADA: steps between adjustments of p (the reference code's 4)."""
+    ada_kimg: float = 500.0
+    """ADA: thousands of real images over which p can move from 0 to 1 (the reference code's
+    500); smaller adapts faster (a tiny corpus, a short run)."""
+
+    def __post_init__(self) -> None:
+        names = [n.strip() for n in self.policy.split(",") if n.strip()]
+        bad = [n for n in names if n not in AUGMENT_TRANSFORMS]
+        check(
+            self.policy == "auto" or (names and not bad and len(set(names)) == len(names)),
+            "augment.policy",
+            f"{self.policy!r} is not auto or a comma-separated list of {', '.join(AUGMENT_TRANSFORMS)}",
+        )
+        check(0 < self.ada_target < 1, "augment.ada_target", f"must be in (0, 1), got {self.ada_target}")
+        check(self.ada_interval >= 1, "augment.ada_interval", f"must be >= 1, got {self.ada_interval}")
+        check(self.ada_kimg > 0, "augment.ada_kimg", f"must be > 0, e.g. 500, got {self.ada_kimg}")
 
 
 @dataclass
@@ -298,9 +395,20 @@ class FaultConfig:
     N > 1: the flag accumulates on the device and is read every N steps, so the other steps
     never wait for the GPU; needs nan_policy stop or rollback (an update already applied
     cannot be skipped) and checkpoint.every a multiple of N (never checkpoint unchecked steps)."""
+    collective_timeout_s: float = 600.0
+    """Seconds a process waits in one collective (gradient all-reduce, barrier, the process
+    group's rendezvous) before it fails: a rank that died or froze then ends the others with
+    an error instead of hanging them. The process group's timeout on both backends (gloo and
+    NCCL honour it); 600 is torch's NCCL default (its gloo default is 1800). Keep it above the
+    longest wait of one rank for another (rank 0 writing a checkpoint or a sample grid)."""
 
     def __post_init__(self) -> None:
         check(0 < self.rollback_lr_factor <= 1, "faults.rollback_lr_factor", "must be in (0, 1]")
+        check(
+            1 <= self.collective_timeout_s < float("inf"),
+            "faults.collective_timeout_s",
+            f"must be a finite number of seconds >= 1, got {self.collective_timeout_s}",
+        )
         check(self.max_rollbacks >= 0, "faults.max_rollbacks", f"must be >= 0, got {self.max_rollbacks}")
         check(self.check_every >= 1, "faults.check_every", f"must be >= 1, got {self.check_every}")
         check(
@@ -314,6 +422,7 @@ METRIC_DIRECTIONS: dict[str, str] = {
     "fid_classifier": "min",
     "kid_classifier": "min",
     "acc_joint": "max",
+    "acc_joint_uniform": "max",
     "precision_classifier": "max",
     "recall_classifier": "max",
     "fid_inception": "min",
@@ -336,12 +445,16 @@ class EvalConfig:
         "fid_classifier",
         "kid_classifier",
         "acc_joint",
+        "acc_joint_uniform",
         "precision_classifier",
         "recall_classifier",
         "fid_inception",
         "kid_inception",
     ] = "fid_classifier"
-    """The metric that picks the best checkpoint (FID/KID: lower wins; the others: higher)."""
+    """The metric that picks the best checkpoint (FID/KID: lower wins; the others: higher).
+    acc_joint_uniform: joint attribute accuracy with every combination of values asked for
+    equally often (a second pass over the same z, only when chosen); acc_joint: conditions
+    drawn as in the corpus."""
     keep_best: bool = True
     """Export the best generator so far to RUN/best/ (`ganscale sample RUN` then uses it)."""
     inception: str = ""

@@ -1,4 +1,4 @@
-"""`ganscale data ...` commands: synth, pack, inspect."""
+"""`ganscale data ...` commands: synth, pack, inspect, bench."""
 
 from __future__ import annotations
 
@@ -8,7 +8,15 @@ from typing import Annotated
 
 import typer
 
-from ganscale.cli.options import ProgressOpt, n_option, out_option, seed_option, size_option
+from ganscale.cli.options import (
+    DeviceOpt,
+    ProgressOpt,
+    SetOpt,
+    n_option,
+    out_option,
+    seed_option,
+    size_option,
+)
 from ganscale.errors import GanscaleError
 
 data_app = typer.Typer(no_args_is_help=True)
@@ -42,7 +50,10 @@ def pack(
     ],
     out: Annotated[Path, typer.Argument(help="Output folder for shards, dataset.json, rejects.jsonl.")],
     size: Annotated[int, size_option("Output image size (centre crop + Lanczos).")] = 64,
-    fmt: Annotated[str, typer.Option("--format", help="png or jpg.")] = "png",
+    fmt: Annotated[
+        str,
+        typer.Option("--format", help="png, jpg or raw (uint8 pixels + shape in the json: no decoding)."),
+    ] = "png",
     per_shard: Annotated[int, typer.Option("--per-shard", help="Samples per shard.")] = 1000,
     layout: Annotated[
         str | None,
@@ -107,6 +118,54 @@ def inspect(
         out.parent.mkdir(parents=True, exist_ok=True)
         ins.sheet.save(out)
         con.print(f"contact sheet: {out}")
+
+
+@data_app.command()
+def bench(
+    target: Annotated[str, typer.Argument(help="A packed folder, a brace pattern or shard URLs.")],
+    workers: Annotated[int, typer.Option("--workers", help="Loader worker processes.")] = 0,
+    batch: Annotated[int, typer.Option("--batch", help="Batch size.")] = 64,
+    steps: Annotated[int, typer.Option("--steps", help="Timed batches (after the first).")] = 50,
+    size: Annotated[int, size_option("Image size (default: the corpus's).")] = 0,
+    in_memory: Annotated[
+        bool, typer.Option("--in-memory", help="Decode once into memory first (data.in_memory).")
+    ] = False,
+    device: DeviceOpt = None,
+    gpu: Annotated[
+        str | None,
+        typer.Option("--gpu", help="A GPU kind (H100, A100, ...): the img/s one would consume."),
+    ] = None,
+    mfu: Annotated[
+        float, typer.Option("--mfu", help="With --gpu: the model FLOPs utilisation assumed.")
+    ] = 0.3,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="With --gpu: the model config, e.g. configs/dcgan.yaml.")
+    ] = None,
+    set_: SetOpt = None,
+) -> None:
+    """Images/s the loader delivers (beside raw decode and the device augmentation); last line JSON."""
+    import json
+
+    from ganscale.config import load_config
+    from ganscale.data.bench import format_row, run_data_bench
+
+    model_cfg = None
+    if config is not None:
+        model_cfg = load_config(config, [*(set_ or []), "eval.every=0", "log.tracker=none"])
+    row = run_data_bench(
+        target,
+        workers=workers,
+        batch=batch,
+        steps=steps,
+        size=size,
+        in_memory=in_memory,
+        device=device,
+        gpu=gpu,
+        mfu=mfu,
+        model_cfg=model_cfg,
+    )
+    typer.echo(format_row(row))
+    typer.echo(json.dumps(row))
 
 
 def register(app: typer.Typer) -> None:

@@ -1,5 +1,16 @@
 """`ganscale data pack`: images -> WebDataset shards + ``dataset.json`` + ``rejects.jsonl``.
 
+A record is ``<key>.<format>`` + ``<key>.json`` in the tar (WebDataset's grouping by key):
+
+- ``--format png`` (default) / ``jpg``: ``png`` / ``jpg`` = the encoded image;
+- ``--format raw`` (decode-free): ``u8`` = the image's uint8 pixels, ``[H, W, 3]`` row-major
+  RGB (``H * W * 3`` bytes), and the json adds ``"shape": [H, W, 3], "dtype": "uint8"``.
+  Plain WebDataset code reads it as ``np.frombuffer(s["u8"], np.uint8).reshape(
+  json.loads(s["json"])["shape"])``; shards written with ``webdataset.TarWriter`` in these
+  keys feed ganscale's loader. 4x the size of PNG at 64 px, and no decoding at all.
+
+The json also holds ``{"id": source id, "labels": {attr: index}, "names": {attr: name}}``.
+
 Every shard is written as ``<name>-NNNNNN.tar.partial`` and renamed when complete; the
 manifest is removed first and written last (also via a temporary name), so a crash or
 Ctrl-C never leaves a shard or a manifest that looks complete.
@@ -17,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import webdataset as wds
 from PIL import Image
 
@@ -52,7 +64,14 @@ def fit_square(img: Image.Image, size: int) -> Image.Image:
     return img
 
 
+RAW_KEY = "u8"
+"""Record key of raw pixels (``--format raw``)."""
+FORMATS = ("png", "jpg", "raw")
+
+
 def encode(img: Image.Image, fmt: str, png_level: int = 6) -> bytes:
+    if fmt == "raw":
+        return np.ascontiguousarray(np.asarray(img, dtype=np.uint8)).tobytes()  # HWC, RGB
     buf = io.BytesIO()
     if fmt == "png":
         img.save(buf, format="PNG", compress_level=png_level)
@@ -187,8 +206,8 @@ def write_shards(
     Paths are decoded here; an unreadable image becomes a reject (never fatal). Raises
     :class:`GanscaleError` only if nothing usable was found (after writing ``rejects.jsonl``).
     """
-    if fmt not in ("png", "jpg"):
-        raise GanscaleError(f"--format {fmt!r}: use png or jpg")
+    if fmt not in FORMATS:
+        raise GanscaleError(f"--format {fmt!r}: use png, jpg or raw (uint8 pixels, no decoding)")
     if per_shard < 1:
         raise GanscaleError(f"--per-shard {per_shard}: must be >= 1")
     if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name):
@@ -221,10 +240,12 @@ def write_shards(
                         counts[a][i] += 1
                 else:
                     unlabelled += 1
+                if fmt == "raw":
+                    meta |= {"shape": [img.size[1], img.size[0], 3], "dtype": "uint8"}
                 sink.write(
                     {
                         "__key__": record_key(source_id, taken),
-                        fmt: encode(img, fmt, png_level),
+                        RAW_KEY if fmt == "raw" else fmt: encode(img, fmt, png_level),
                         "json": json.dumps(meta, sort_keys=True).encode(),
                     }
                 )

@@ -1,7 +1,8 @@
 """Corpus facts the trainer needs: attributes, record count, image size, shard list.
 
-From ``dataset.json`` when there is one; for bare shard lists, inferred from the first
-shard (image size, MLDS-style labels and, when counts are unknown, its record count).
+From ``dataset.json`` when there is one (a folder's, or one served over http(s)); for bare
+shard lists, inferred from the first shard (image size, MLDS-style labels and, when counts are
+unknown, its record count).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def corpus_info(src: ShardSource) -> CorpusInfo:
     """The facts of an already resolved source (see :func:`read_corpus_info`)."""
     m = src.manifest
     sizes = list(src.sizes)
-    if m is not None and src.origin and Path(src.origin).is_dir():
+    if m is not None and src.complete:
         return CorpusInfo(
             manifest_attributes(m),
             int(m["num_samples"]),

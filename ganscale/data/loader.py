@@ -13,11 +13,20 @@ Design (why each piece is there):
   comes. With shards >= ranks x workers every record is read exactly once per epoch (plus
   that padding); with fewer, the loader says so and switches to resampled mode.
 - Shard order and the shuffle buffer are seeded from (seed, epoch, pass, rank, worker);
-  augmentation from (seed, epoch, pass, record key): never the global torch RNG.
-- Workers (:mod:`ganscale.data.worker`) decode and augment into uint8 chunks; the main
-  process cuts full batches and converts to float in [-1, 1]. Each chunk carries the raw
-  (post-shuffle, pre-decode) position of its records, so ``state_dict()`` records exactly
-  what was consumed per worker and a resume skips that many raw records *before decoding*.
+  augmentation from (seed, epoch, pass, shard name, record key): never the global torch RNG.
+- Workers (:mod:`ganscale.data.worker`) read and decode into uint8 chunks. The augmentation
+  (flip, slight rotation) is, by default (``data.augment_on: device``), only *drawn* there:
+  each batch carries its per-sample parameters and the trainer warps the batch on its device
+  (:mod:`ganscale.augment`); ``data.augment_on: loader`` flips and rotates with PIL in the
+  workers instead. Each chunk carries the raw (post-shuffle, pre-decode) position of its
+  records, so ``state_dict()`` records exactly what was consumed per worker and a resume
+  skips that many raw records *before decoding*.
+- What a batch is: the trainer asks for ``output="uint8"`` and gets :class:`LoaderBatch`
+  (uint8 images, labels, augmentation parameters); everything else iterating the stream gets
+  ``(images, labels)`` with float32 images in [-1, 1], already augmented (on the CPU, with
+  the very function the trainer uses on its device).
+- ``data.in_memory: true`` decodes the rank's shards once (:mod:`ganscale.data.memory`) and
+  replays every epoch from memory with the same order, parameters and positions.
 - A record that fails to decode, or a shard that fails to read (truncated tar), is skipped
   and counted (``stats()``), never fatal.
 - The stream is not a DataLoader: keep it out of ``accelerator.prepare`` (which would
@@ -37,7 +46,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from ganscale.config import DataConfig
+from ganscale.data.batch import LoaderBatch, join, to_float
 from ganscale.data.info import CorpusInfo
+from ganscale.data.memory import MemoryCorpus, check_fits, load_memory_corpus, memory_chunks
 from ganscale.data.resolve import resolve_corpus
 from ganscale.data.worker import PassDataset, PassSpec, ignore_stop_signals
 from ganscale.errors import GanscaleError
@@ -51,10 +62,12 @@ def _as_is(chunk: dict[str, Any]) -> dict[str, Any]:
 
 
 class ShardStream:
-    """An infinite, resumable stream of ``(images, labels)`` batches for one rank.
+    """An infinite, resumable stream of batches for one rank.
 
-    ``images``: float32 [B, 3, S, S] in [-1, 1]; ``labels``: int64 [B, len(info.attributes)]
-    (-1 = unknown). Every rank yields ``batches_per_epoch`` batches per epoch.
+    ``output="float"`` (the default): ``(images, labels)`` with ``images`` float32
+    [B, 3, S, S] in [-1, 1], augmented; ``output="uint8"``: :class:`LoaderBatch` (what the
+    trainer reads). ``labels``: int64 [B, len(info.attributes)] (-1 = unknown). Every rank
+    yields ``batches_per_epoch`` batches per epoch.
     """
 
     def __init__(
@@ -72,7 +85,15 @@ class ShardStream:
         rotate_degrees: float = 0.0,
         resampled: bool = False,
         pin_memory: bool = False,
+        augment_on: str = "device",
+        output: str = "float",
+        in_memory: bool = False,
+        in_memory_max_gb: float = 8.0,
     ) -> None:
+        if augment_on not in ("device", "loader"):
+            raise GanscaleError(f"augment_on {augment_on!r}: use device or loader")
+        if output not in ("float", "uint8"):
+            raise GanscaleError(f"output {output!r}: use float or uint8")
         if batch_size < 1:
             raise GanscaleError(f"batch size {batch_size}: must be >= 1")
         if not 0 <= rank < world_size:
@@ -84,6 +105,7 @@ class ShardStream:
         self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
         self.shuffle_buffer, self.hflip, self.rotate_degrees = shuffle_buffer, hflip, rotate_degrees
         self.pin_memory = pin_memory and torch.cuda.is_available()
+        self.augment_on, self.output = augment_on, output
         self.notice = ""
         readers = world_size * max(1, num_workers)
         if not resampled and info.num_shards < readers:
@@ -107,6 +129,12 @@ class ShardStream:
         self._workers_eff = max(1, num_workers)
         self._stats = {"corrupt_skipped": 0, "read_errors": 0, "records": 0, "padding_passes": 0}
         self._pos: dict[str, Any] = self._fresh(0)
+        self.memory: MemoryCorpus | None = None
+        if in_memory:
+            check_fits(info, image_size, world_size, rank, resampled, in_memory_max_gb)
+            shards = list(range(info.num_shards)) if resampled else list(self.rank_shards)
+            self.memory = load_memory_corpus(info, shards, image_size, num_workers)
+            self._stats["read_errors"] += self.memory.read_errors  # read once (corrupt: per epoch)
 
     # ------------------------------------------------------------------ state
     def _fresh(self, epoch: int) -> dict[str, Any]:
@@ -199,10 +227,15 @@ class ShardStream:
             self.rotate_degrees,
             min(self.batch_size, 64),
             tuple(skips),
+            self.augment_on,
         )
 
     def _chunks(self, epoch: int, pass_: int, skips: list[int]) -> Iterator[dict[str, Any]]:
-        ds = PassDataset(self._spec(epoch, pass_, skips))
+        spec = self._spec(epoch, pass_, skips)
+        if self.memory is not None:  # the same chunks, from memory (virtual workers, same merge)
+            yield from memory_chunks(self.memory, spec, self._workers_eff)
+            return
+        ds = PassDataset(spec)
         if self.num_workers == 0:
             yield from ds
             return
@@ -221,12 +254,20 @@ class ShardStream:
         finally:
             del it  # shuts the workers down when the epoch ends early
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[Any]:
+        if self.output == "uint8":
+            yield from self.iter_uint8()
+            return
         for images, labels, _keys in self.iter_with_keys():
             yield images, labels
 
     def iter_with_keys(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
-        """Like ``iter()``, with each record's ``<shard url>#<key>`` (for tests and inspection)."""
+        """Float batches (as ``output="float"``) with each record's ``<shard url>#<key>``."""
+        for b in self.iter_uint8():
+            yield to_float(b), b.labels, b.keys
+
+    def iter_uint8(self) -> Iterator[LoaderBatch]:
+        """The batches as read and decoded: :class:`LoaderBatch` (augmentation still to apply)."""
         pos = dict(self._pos)  # a new iterator continues where the last one (or load_state_dict) left off
         epoch = pos["epoch"]
         while True:
@@ -234,13 +275,12 @@ class ShardStream:
             epoch += 1
             pos = self._fresh(epoch)
 
-    def _epoch(
-        self, epoch: int, start: dict[str, Any]
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
+    def _epoch(self, epoch: int, start: dict[str, Any]) -> Iterator[LoaderBatch]:
         B = self.batch_size
         batch, pass_ = start["batch"], start["pass"]
         # Pending records: [pass, chunk, offset]; consumed raw positions per (pass, worker).
         pending: list[list[Any]] = []
+        avail = 0  # records in pending
         consumed: dict[int, list[int]] = {pass_: list(start["raw"])}
         self._pos = {"epoch": epoch, "batch": batch, "pass": pass_, "raw": list(start["raw"])}
         skips = list(start["raw"])
@@ -259,8 +299,10 @@ class ShardStream:
                         continue
                     got += n
                     pending.append([pass_, ch, 0])
-                    while sum(len(c["keys"]) - o for _, c, o in pending) >= B:
-                        images, labels, keys = self._take(pending, consumed, B)
+                    avail += n
+                    while avail >= B:
+                        out = self._take(pending, consumed, B)
+                        avail -= B
                         batch += 1
                         self._stats["records"] += B
                         if batch == self.batches_per_epoch:
@@ -273,12 +315,12 @@ class ShardStream:
                                 "pass": first,
                                 "raw": list(consumed.get(first, [0] * self._workers_eff)),
                             }
-                        yield images, labels, keys
+                        yield out
                         if batch == self.batches_per_epoch:
                             return
             finally:
                 chunks.close()
-            if got == 0 and not any(len(c["keys"]) > o for _, c, o in pending):
+            if got == 0 and avail == 0:
                 raise GanscaleError(
                     f"no readable records on rank {self.rank} in {len(self.rank_shards)} shards "
                     f"(first {self.info.shard_urls[self.rank_shards[0]]}); "
@@ -287,13 +329,15 @@ class ShardStream:
             pass_ += 1
             skips = [0] * self._workers_eff
 
-    def _take(self, pending: list[list[Any]], consumed: dict[int, list[int]], n: int):
-        parts_img, parts_lab, keys = [], [], []
+    def _take(self, pending: list[list[Any]], consumed: dict[int, list[int]], n: int) -> LoaderBatch:
+        parts_img, parts_lab, parts_aug, keys = [], [], [], []
         while n > 0:
             p, ch, off = pending[0]
             k = min(n, len(ch["keys"]) - off)
-            parts_img.append(ch["images"][off : off + k])
+            img = ch["images"]
+            parts_img.append((img.numpy() if isinstance(img, torch.Tensor) else img)[off : off + k])
             parts_lab.append(ch["labels"][off : off + k])
+            parts_aug.append(ch["aug"][off : off + k] if ch["aug"] is not None else None)
             keys += ch["keys"][off : off + k]
             consumed.setdefault(p, [0] * self._workers_eff)[ch["worker"]] = ch["raw"][off + k - 1] + 1
             n -= k
@@ -301,23 +345,33 @@ class ShardStream:
                 pending.pop(0)
             else:
                 pending[0][2] = off + k
-        u8 = np.concatenate(parts_img) if len(parts_img) > 1 else parts_img[0]
-        # numpy, single-threaded: torch's intra-op threads stall for a time slice per op when
-        # the cores are busy (measured: ~20 ms per op on a loaded 2-core box vs ~0.3 ms here).
-        arr = u8.astype(np.float32)
-        arr *= 1 / 127.5
-        arr -= 1.0
-        images = torch.from_numpy(arr)
-        labels = torch.from_numpy(np.concatenate(parts_lab) if len(parts_lab) > 1 else parts_lab[0].copy())
+        # HWC as decoded (never transposed image by image); a batch that is one whole chunk is
+        # that chunk's memory (chunks are never written again), else one copy
+        u8 = torch.from_numpy(join(parts_img))
+        labels = torch.from_numpy(join(parts_lab))
+        aug = None
+        if any(a is not None for a in parts_aug):
+            zeros = [np.zeros((len(p), 2), np.float32) for p in parts_lab]
+            aug = torch.from_numpy(
+                join([a if a is not None else z for a, z in zip(parts_aug, zeros, strict=True)])
+            )
         if self.pin_memory:
-            images, labels = images.pin_memory(), labels.pin_memory()
-        return images, labels, keys
+            u8, labels = u8.pin_memory(), labels.pin_memory()
+        return LoaderBatch(u8.permute(0, 3, 1, 2), labels, aug, keys)
 
 
 def build_loader(
-    cfg: DataConfig, *, image_size: int, batch_size: int, seed: int, rank: int, world_size: int
+    cfg: DataConfig,
+    *,
+    image_size: int,
+    batch_size: int,
+    seed: int,
+    rank: int,
+    world_size: int,
+    output: str = "float",
 ) -> ShardStream:
-    """The stream for this rank. Checks the source now (missing shard, pipe:, backend)."""
+    """The stream for this rank. Checks the source now (missing shard, pipe:, backend); with
+    ``data.in_memory`` checks the size and decodes the rank's shards now."""
     corpus = resolve_corpus(cfg, image_size, progress=rank == 0)
     return ShardStream(
         corpus.info,
@@ -332,4 +386,8 @@ def build_loader(
         rotate_degrees=cfg.rotate_degrees,
         resampled=cfg.resampled,
         pin_memory=cfg.pin_memory,
+        augment_on=cfg.augment_on,
+        output=output,
+        in_memory=cfg.in_memory,
+        in_memory_max_gb=cfg.in_memory_max_gb,
     )

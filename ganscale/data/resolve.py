@@ -13,7 +13,9 @@ from pathlib import Path
 
 from ganscale.config import DataConfig
 from ganscale.corpus.pack import MANIFEST
+from ganscale.data import remote
 from ganscale.data.info import CorpusInfo, corpus_info
+from ganscale.data.remote import RetryPolicy
 from ganscale.data.sources import ShardSource, local_path, shard_source
 from ganscale.errors import GanscaleError
 
@@ -38,10 +40,25 @@ def corpus_location(cfg: DataConfig, image_size: int, progress: bool = False) ->
     return cfg.path
 
 
+def retry_policy(cfg: DataConfig) -> RetryPolicy:
+    """How the run's http(s) shard reads wait for a server (``data.retry_s`` and friends)."""
+    return RetryPolicy(cfg.retry_s, cfg.retry_backoff_s, cfg.timeout_s)
+
+
 def resolve_corpus(cfg: DataConfig, image_size: int, progress: bool = False) -> ResolvedCorpus:
-    """The run's shards, checked now (missing shard, pipe:, backend), and the corpus facts."""
-    src = shard_source(corpus_location(cfg, image_size, progress), allow_pipe=cfg.allow_pipe)
-    return ResolvedCorpus(src, corpus_info(src))
+    """The run's shards, checked now (missing shard, pipe:, backend), and the corpus facts.
+
+    Also sets this process's http(s) retry policy for the reads that follow (the loader's,
+    and its forked workers'). The checks here do not retry: a server that does not answer at
+    start is a wrong ``data.path`` or a server not up yet, one line now rather than after
+    ``data.retry_s``.
+    """
+    policy = retry_policy(cfg)
+    with remote.using(policy.without_retries()):
+        src = shard_source(corpus_location(cfg, image_size, progress), allow_pipe=cfg.allow_pipe)
+        info = corpus_info(src)
+    remote.configure(policy)
+    return ResolvedCorpus(src, info)
 
 
 def corpus_folder(cfg: DataConfig, image_size: int) -> Path:

@@ -1,9 +1,12 @@
 """Where shards come from, and the one way they are read.
 
-A packed folder, a brace pattern or a list of URLs -> checked URLs (:func:`shard_source`).
-Checks happen here, at loader build time, so a bad path fails before training starts:
-a missing local shard is a one-line error naming it; ``pipe:`` URLs (they run a shell
-command) need ``data.allow_pipe``; fsspec URLs (s3://, gs://, https://, ...) need their backend.
+A packed folder, a brace pattern, a list of URLs or a ``dataset.json`` (path or URL) -> checked
+URLs (:func:`shard_source`). Checks happen here, at loader build time, so a bad path fails before
+training starts: a missing local shard is a one-line error naming it; ``pipe:`` URLs (they run a
+shell command) need ``data.allow_pipe``; fsspec URLs (s3://, gs://, ...) need their backend;
+http(s) URLs are read by :mod:`ganscale.data.remote` (retries, resume at the byte, one-line errors).
+A ``dataset.json`` URL lists its shards relative to itself; a brace pattern of http(s) URLs uses
+the ``dataset.json`` beside them when the server has one (exact record counts).
 
 A *record* is one stored corpus item as WebDataset groups it: ``{"__key__", "__url__",
 <ext>: bytes, ...}`` (``png`` + ``json`` for our shards). :func:`iter_records` is the reader
@@ -14,17 +17,19 @@ headers only.
 from __future__ import annotations
 
 import functools
+import json
 import tarfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import urljoin, urlparse
 
 import braceexpand
 import webdataset as wds
 from webdataset.gopen import gopen_schemes as _GOPEN_SCHEMES  # the module's dispatch table
 
 from ganscale.corpus.pack import MANIFEST, read_manifest
+from ganscale.data import remote
 from ganscale.errors import GanscaleError
 
 
@@ -36,6 +41,9 @@ class ShardSource:
     sizes: list[int]
     manifest: dict | None = None
     origin: str = ""
+    complete: bool = False
+    """The manifest describes exactly these shards (a folder or a dataset.json URL), so its
+    ``num_samples``/``image_size`` are the corpus facts."""
 
 
 def _split_list(text: str) -> list[str]:
@@ -80,14 +88,49 @@ def shard_source(source: str | Path | list[str], *, allow_pipe: bool = True) -> 
         p = local_path(items[0])
         if p is not None and p.is_dir():
             return _from_folder(p)
+        if _is_manifest(items[0]):
+            if p is not None and p.is_file():  # a local dataset.json: its folder
+                return _from_folder(p.parent)
+            if scheme_of(items[0]) in remote.SCHEMES:
+                return _from_manifest_url(items[0])
     urls: list[str] = []
     for item in items:
         expanded = list(braceexpand.braceexpand(item))
         urls += expanded
     for u in urls:
         _check_url(u, allow_pipe)
-    sizes = _sizes_from_manifests(urls)
-    return ShardSource(urls, sizes, _manifest_beside(urls), origin=",".join(items))
+    manifest = _manifest_beside(urls)
+    sizes = _sizes_from_manifest(urls, manifest)
+    return ShardSource(urls, sizes, manifest, origin=",".join(items))
+
+
+def _is_manifest(url: str) -> bool:
+    return urlparse(url).path.rsplit("/", 1)[-1] == MANIFEST if scheme_of(url) else Path(url).name == MANIFEST
+
+
+def _from_manifest_url(url: str) -> ShardSource:
+    """A dataset.json served over http(s): its shards, resolved relative to its URL."""
+    try:
+        m = json.loads(remote.fetch(url))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise GanscaleError(f"{url} is not valid JSON ({e}); point data.path at a dataset.json") from None
+    if not isinstance(m, dict) or not isinstance(m.get("shards"), list) or not m["shards"]:
+        raise GanscaleError(f"{url} has no 'shards' list; is it a `ganscale data pack` dataset.json?")
+    urls, sizes = [], []
+    for s in m["shards"]:
+        if not isinstance(s, dict) or not isinstance(s.get("url"), str):
+            raise GanscaleError(f"{url}: shard entry {s!r} has no 'url'; re-run `ganscale data pack`")
+        u = urljoin(url, s["url"])
+        if local_path(u) is not None or scheme_of(u) == "pipe":  # a remote file must not read local files
+            raise GanscaleError(
+                f"{url} lists shard {s['url']!r}, which is not a remote URL; fix the manifest"
+            )
+        _check_url(u, allow_pipe=False)
+        urls.append(u)
+        n = s.get("num_samples", -1)
+        sizes.append(n if isinstance(n, int) and n >= 0 else -1)
+    complete = -1 not in sizes and "num_samples" in m and "image_size" in m
+    return ShardSource(urls, sizes, m, origin=url, complete=complete)
 
 
 def _from_folder(folder: Path) -> ShardSource:
@@ -100,7 +143,7 @@ def _from_folder(folder: Path) -> ShardSource:
             sizes.append(int(s.get("num_samples", -1)))
         for u in urls:
             _check_url(u, allow_pipe=False)
-        return ShardSource(urls, sizes, m, origin=str(folder))
+        return ShardSource(urls, sizes, m, origin=str(folder), complete=True)
     tars = sorted(str(p) for p in folder.glob("*.tar"))
     if not tars:
         raise GanscaleError(
@@ -122,6 +165,9 @@ def _check_url(url: str, allow_pipe: bool) -> None:
     if p is not None:
         if not p.is_file():
             raise GanscaleError(f"shard {p} not found; check data.path (did `ganscale data pack` finish?)")
+        return
+    if s in remote.SCHEMES:
+        remote.register()
         return
     _register_fsspec(s, url)
 
@@ -164,8 +210,17 @@ def iter_records(
 
     ``on_error(exn)`` decides about unreadable shard data: return True to skip and go on
     (the loader counts and skips), or raise (the default: evaluation wants a sound corpus).
+    A remote shard that stays unreachable (:class:`~ganscale.data.remote.ShardUnavailable`)
+    is always raised: a server that went away is not a corrupt shard to skip.
     """
-    return wds.tarfile_samples(({"url": u} for u in urls), handler=on_error)
+    remote.register()  # here too: a spawned (not forked) worker starts with WebDataset's table
+
+    def handler(exn: Exception) -> bool:
+        if isinstance(exn, remote.ShardUnavailable):
+            raise exn
+        return on_error(exn)
+
+    return wds.tarfile_samples(({"url": u} for u in urls), handler=handler)
 
 
 def _record_key(member_name: str) -> str:
@@ -204,6 +259,8 @@ def count_local(path: str | Path) -> int:
 
 
 def _manifest_beside(urls: list[str]) -> dict | None:
+    if urls and all(scheme_of(u) in remote.SCHEMES for u in urls):
+        return _remote_manifest_beside(urls)
     paths = [local_path(u) for u in urls]
     if urls and all(p is not None for p in paths):
         folders = {p.parent for p in paths if p is not None}
@@ -217,16 +274,30 @@ def _manifest_beside(urls: list[str]) -> dict | None:
     return None
 
 
-def _sizes_from_manifests(urls: list[str]) -> list[int]:
-    m = _manifest_beside(urls)
+def _remote_manifest_beside(urls: list[str]) -> dict | None:
+    """The dataset.json in the one folder URL of ``urls``, if the server has one (else None)."""
+    folders = {u.rsplit("/", 1)[0] for u in urls}
+    if len(folders) != 1:
+        return None
+    try:
+        with remote.using(remote.current_policy().without_retries()):
+            m = json.loads(remote.fetch(f"{folders.pop()}/{MANIFEST}"))
+    except (GanscaleError, ValueError):  # no manifest there (404), or not JSON: count instead
+        return None
+    ok = isinstance(m, dict) and isinstance(m.get("shards"), list)
+    return m if ok and all(isinstance(s, dict) and "url" in s for s in m["shards"]) else None
+
+
+def _sizes_from_manifest(urls: list[str], m: dict | None) -> list[int]:
     known = {}
     if m is not None:
         known = {Path(str(s["url"])).name: int(s.get("num_samples", -1)) for s in m["shards"]}
     sizes = []
     for u in urls:
         p = local_path(u)
-        if p is not None and p.name in known:
-            sizes.append(known[p.name])
+        name = p.name if p is not None else u.rsplit("/", 1)[-1]
+        if name in known:
+            sizes.append(known[name])
         elif p is not None:
             sizes.append(count_local(p))
         else:

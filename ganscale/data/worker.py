@@ -3,22 +3,41 @@
 Runs in DataLoader worker processes (or inline with 0 workers); everything it needs comes in
 one picklable :class:`PassSpec`. Each chunk carries the raw (post-shuffle, pre-decode)
 position of its records, so the main side can record exactly what was consumed.
+
+A chunk is a dict: ``images`` uint8 [n, H, W, 3] (HWC, as decoded: the batch is never
+transposed image by image; a tensor in shared memory when made in a worker process, so only a
+handle crosses the queue, else a numpy array), the rest small numpy arrays: ``labels`` int64
+[n, A], ``aug`` float32 [n, 2] (flip, angle in degrees) when augmentation is left to the
+training device, else None; ``keys``, ``raw``, ``worker`` and the ``corrupt`` / ``read_errors`` counters.
+
+Per record the worker reads (:mod:`ganscale.data.tarscan`), parses the json once, decodes (PNG,
+JPEG) or just copies (raw shards) the pixels into a preallocated chunk buffer, reads the labels
+with vocabularies prepared once per pass, and draws the augmentation parameters.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import webdataset as wds
+import torch
+from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
-from ganscale.data.decode import augment, decode_record, to_array
-from ganscale.data.sources import iter_records
+from ganscale.data.decode import (
+    IMAGE_KEYS,
+    LabelReader,
+    ParamDraw,
+    apply_augment,
+    decode_image,
+    pixels,
+    record_meta,
+)
+from ganscale.data.tarscan import read_records
 
 log = logging.getLogger("ganscale.data")
 
@@ -41,6 +60,107 @@ class PassSpec:
     rotate_degrees: float
     chunk: int
     skips: tuple[int, ...]  # raw records to skip, per worker
+    augment_on: str = "loader"
+    """loader: flip/rotate here with PIL; device: only draw the parameters (``aug``)."""
+
+    @property
+    def augments(self) -> bool:
+        return self.hflip or self.rotate_degrees > 0
+
+
+def shard_order(spec: PassSpec, worker: int, workers: int) -> Iterator[int]:
+    """Indices into ``spec.urls`` that ``worker`` reads in this pass (endless when resampled)."""
+    s = spec
+    rng = random.Random(f"shards:{s.seed}:{s.epoch}:{s.pass_}:{s.rank}:{worker}")
+    if s.resampled:
+        while True:
+            yield rng.randrange(len(s.urls))
+    mine = list(s.rank_shards[worker::workers])
+    rng.shuffle(mine)
+    yield from mine
+
+
+def shuffled(spec: PassSpec, worker: int, items: Iterable[Any]) -> Iterator[Any]:
+    """``items`` through the pass's seeded shuffle buffer (as they come when it is off)."""
+    s = spec
+    it = iter(items)
+    if s.shuffle_buffer <= 0:
+        return it
+    rng = random.Random(f"buffer:{s.seed}:{s.epoch}:{s.pass_}:{s.rank}:{worker}")
+    initial = min(s.shuffle_buffer, 100)  # start yielding early; the buffer keeps filling
+    return buffer_shuffle(it, s.shuffle_buffer, initial, rng)
+
+
+def buffer_shuffle(data: Iterator[Any], bufsize: int, initial: int, rng: random.Random) -> Iterator[Any]:
+    """``webdataset.shuffle(bufsize, initial, rng)``, item for item and draw for draw.
+
+    The same algorithm (two items in per item out until the buffer is full, then pick at random
+    and move the last item into the hole), with ``rng._randbelow(n)``, which is what its
+    ``rng.randint(0, n - 1)`` computes, without the two Python frames around it.
+    """
+    initial = min(initial, bufsize)
+    buf: list[Any] = []
+    below = rng._randbelow
+    for sample in data:
+        buf.append(sample)
+        if len(buf) < bufsize:
+            try:  # noqa: SIM105 - per record: a plain try costs nothing, suppress() a frame
+                buf.append(next(data))
+            except StopIteration:
+                pass
+        if len(buf) >= initial:
+            k = below(len(buf))
+            out = buf[k]
+            buf[k] = buf[-1]
+            buf.pop()
+            yield out
+    while buf:
+        k = below(len(buf))
+        out = buf[k]
+        buf[k] = buf[-1]
+        buf.pop()
+        yield out
+
+
+class ChunkBuffer:
+    """One chunk being filled: pixels straight into a preallocated uint8 array, the small
+    per-record values into lists (one numpy conversion per chunk, not a setitem per record)."""
+
+    def __init__(self, spec: PassSpec, worker: int, shared: bool) -> None:
+        self.spec, self.worker, self.shared = spec, worker, shared
+        self.corrupt, self.read_errors = 0, 0
+        self._new()
+
+    def _new(self) -> None:
+        s = self.spec
+        shape = (s.chunk, s.image_size, s.image_size, 3)
+        if self.shared:  # in a worker process: decode straight into shared memory
+            self._tensor = torch.empty(shape, dtype=torch.uint8).share_memory_()
+            self.images = self._tensor.numpy()
+        else:
+            self.images = np.empty(shape, np.uint8)
+        self.labels: list[list[int]] = []
+        self.aug: list[tuple[bool, float]] | None = [] if s.augment_on == "device" and s.augments else None
+        self.keys: list[str] = []
+        self.raw: list[int] = []
+
+    def take(self) -> dict[str, Any]:
+        n = len(self.keys)
+        out = {
+            # in a worker, a tensor in shared memory: only its handle crosses to the main process
+            # (pickling 0.8 MB of pixels through the queue cost the main process ~12 us per image)
+            "images": self._tensor[:n] if self.shared else self.images[:n],
+            "labels": np.array(self.labels, np.int64).reshape(n, len(self.spec.attributes)),
+            "aug": None if self.aug is None else np.array(self.aug, np.float32).reshape(n, 2),
+            "keys": self.keys,
+            "raw": self.raw,
+            "worker": self.worker,
+            "corrupt": self.corrupt,
+            "read_errors": self.read_errors,
+        }
+        self.corrupt, self.read_errors = 0, 0
+        self._new()
+        return out
 
 
 class PassDataset(IterableDataset):
@@ -55,71 +175,58 @@ class PassDataset(IterableDataset):
         log.warning("skipping unreadable shard data: %s", " ".join(str(a) for a in exn.args[:2])[:300])
         return True  # like wds.warn_and_continue, but counted
 
-    def _urls(self, worker: int, workers: int) -> Iterator[str]:
-        s = self.spec
-        rng = random.Random(f"shards:{s.seed}:{s.epoch}:{s.pass_}:{s.rank}:{worker}")
-        if s.resampled:
-            while True:
-                yield s.urls[rng.randrange(len(s.urls))]
-        mine = list(s.rank_shards[worker::workers])
-        rng.shuffle(mine)
-        for i in mine:
-            yield s.urls[i]
-
     def __iter__(self) -> Iterator[dict[str, Any]]:
         s = self.spec
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         skip = s.skips[worker] if worker < len(s.skips) else 0
-        records = iter_records(self._urls(worker, workers), on_error=self._on_read_error)
-        if s.shuffle_buffer > 0:
-            rng = random.Random(f"buffer:{s.seed}:{s.epoch}:{s.pass_}:{s.rank}:{worker}")
-            initial = min(s.shuffle_buffer, 100)  # start yielding early; the buffer keeps filling
-            records = wds.shuffle(s.shuffle_buffer, initial=initial, rng=rng)(records)
-        imgs: list[np.ndarray] = []
-        labels: list[list[int]] = []
-        keys: list[str] = []
-        raws: list[int] = []
-        corrupt, reported_errors = 0, 0
-
-        def chunk() -> dict[str, Any]:
-            nonlocal corrupt, reported_errors
-            out = {
-                # numpy, not tensors: pickled by value through the worker queue, which costs less
-                # than torch's per-tensor shared-memory file-descriptor hand-over.
-                "images": np.stack(imgs) if imgs else np.empty((0, 3, s.image_size, s.image_size), np.uint8),
-                "labels": np.array(labels, dtype=np.int64).reshape(len(labels), len(s.attributes)),
-                "keys": list(keys),
-                "raw": list(raws),
-                "worker": worker,
-                "corrupt": corrupt,
-                "read_errors": self.read_errors - reported_errors,
-            }
-            imgs.clear(), labels.clear(), keys.clear(), raws.clear()
-            corrupt, reported_errors = 0, self.read_errors
-            return out
-
+        urls = (s.urls[i] for i in shard_order(s, worker, workers))
+        records = shuffled(s, worker, read_records(urls, on_error=self._on_read_error))
+        labels_of = LabelReader(s.attributes)
+        draw = ParamDraw(s.seed, s.epoch, s.pass_, s.hflip, s.rotate_degrees) if s.augments else None
+        pil = s.augment_on == "loader"
+        buf = ChunkBuffer(s, worker, shared=info is not None)
+        reported, size, chunk = 0, s.image_size, s.chunk
         for raw, record in enumerate(records):
             if raw < skip:
                 continue  # fast-forward: before decoding
-            key = f"{record.get('__url__', '')}#{record.get('__key__', '')}"
+            url, rkey = record.get("__url__", ""), record.get("__key__", "")
+            n = len(buf.keys)
             try:
-                img, lab = decode_record(record, s.image_size, s.attributes)
+                meta = record_meta(record)
+                if pil and draw is not None:
+                    buf.images[n] = _pil_augmented(record, meta, size, draw(url, rkey))
+                else:
+                    buf.images[n] = pixels(record, meta, size)
+                lab = labels_of(record, meta)
             except Exception as e:  # any decode failure is a corrupt record: skip, count
-                corrupt += 1
-                log.warning("skipping corrupt record %s: %s", key, f"{type(e).__name__}: {e}"[:200])
+                buf.corrupt += 1
+                log.warning("skipping corrupt record %s#%s: %s", url, rkey, f"{type(e).__name__}: {e}"[:200])
                 continue
-            # Seeded by the shard's file name, not its full URL: the same corpus copied or
-            # mounted elsewhere gets the same augmentations (a run reproduces anywhere).
-            shard_name = record.get("__url__", "").rsplit("/", 1)[-1]
-            rng = random.Random(f"aug:{s.seed}:{s.epoch}:{s.pass_}:{shard_name}#{record.get('__key__', '')}")
-            imgs.append(to_array(augment(img, rng, s.hflip, s.rotate_degrees)))
-            labels.append(lab)
-            keys.append(key)
-            raws.append(raw)
-            if len(imgs) >= s.chunk:
-                yield chunk()
-        yield chunk()  # the tail (possibly empty: it still reports the counters)
+            if buf.aug is not None and draw is not None:
+                buf.aug.append(draw(url, rkey))
+            buf.labels.append(lab)
+            buf.keys.append(f"{url}#{rkey}")
+            buf.raw.append(raw)
+            if n + 1 >= chunk:
+                buf.read_errors, reported = self.read_errors - reported, self.read_errors
+                yield buf.take()
+        buf.read_errors = self.read_errors - reported
+        yield buf.take()  # the tail (possibly empty: it still reports the counters)
+
+
+def _pil_augmented(
+    record: dict[str, Any], meta: dict[str, Any], size: int, params: tuple[bool, float]
+) -> np.ndarray:
+    """``data.augment_on: loader``: decode and flip/rotate with PIL, as the loader always did."""
+    flip, angle = params
+    for k in IMAGE_KEYS:
+        if k in record:
+            img = decode_image(record[k], size)
+            break
+    else:
+        img = Image.fromarray(np.array(pixels(record, meta, size)))
+    return np.asarray(apply_augment(img, flip, angle))
 
 
 def ignore_stop_signals(worker_id: int) -> None:

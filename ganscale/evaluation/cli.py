@@ -96,8 +96,18 @@ def eval_command(
     ] = None,
     seed: Annotated[int, seed_option("Seed of z and of the drawn conditions.")] = 0,
     device: DeviceOpt = None,
+    truncation: Annotated[
+        float | None,
+        typer.Option(
+            "--truncation",
+            metavar="PSI",
+            help="Judge truncated samples: z scaled by psi in (0, 1] (as `ganscale sample "
+            "--truncation`); 1 (default) = none. Recorded in eval.json.",
+        ),
+    ] = None,
 ) -> None:
-    """Attribute accuracy, FID/KID and precision/recall of a run's EMA generator, with real-vs-real floors."""
+    """Attribute accuracy (conditions as in the corpus, and every combination equally often, per
+    colour), FID/KID and precision/recall of a run's EMA generator, with real-vs-real floors."""
     from ganscale.evaluation.evaluate import evaluate_run, summary
     from ganscale.runtime.env import inception_weights
 
@@ -112,6 +122,7 @@ def eval_command(
         seed=seed,
         log=typer.echo,
         inception_env=inception_weights(),
+        truncation=truncation,
     )
     typer.echo(summary(result))
     written = target if target is not None else (run if run.is_dir() else run.parent) / "eval.json"

@@ -25,10 +25,10 @@ import torch
 from torch import nn
 
 from ganscale.errors import GanscaleError
-from ganscale.evaluation.classifier import ensure_classifier
+from ganscale.evaluation.classifier import accuracy, ensure_classifier
 from ganscale.evaluation.config import METRIC_DIRECTIONS
 from ganscale.evaluation.features import load_inception
-from ganscale.evaluation.scoring import draw_conditions, real_reference, score
+from ganscale.evaluation.scoring import draw_conditions, real_reference, score, uniform_conditions
 
 if TYPE_CHECKING:
     from ganscale.config import Config
@@ -73,8 +73,14 @@ class TrainingEvaluator:
             if self.metric.endswith("_inception"):
                 raise GanscaleError(f"eval.metric={self.metric} needs Inception weights. {message}")
             self.log(message)
-        if self.metric == "acc_joint" and not self.attributes:
-            raise GanscaleError("eval.metric=acc_joint needs a conditional generator; use fid_classifier")
+        if self.metric.startswith("acc_joint") and not self.attributes:
+            raise GanscaleError(
+                f"eval.metric={self.metric} needs a conditional generator; use fid_classifier"
+            )
+        # eval.metric=acc_joint_uniform also reads G on every hair x eyes combination equally
+        # often (the same z, a second pass: only then, so the default costs what it did)
+        self.uniform = self.metric == "acc_joint_uniform"
+        self._uniform_labels: torch.Tensor | None = None
         self.ref = None
         self._labels: torch.Tensor | None = None
         self._prepared = False
@@ -94,6 +100,9 @@ class TrainingEvaluator:
                 labels = draw_conditions(self.ref.labels, self.n, nc, EVAL_SEED).numpy()
         labels = rt.all_gather_object(labels)[0]
         self._labels = torch.from_numpy(labels) if labels is not None else None
+        if self.uniform:  # from the seed alone: the same on every rank, no collective needed
+            nc = [len(v) for v in self.attributes.values()]
+            self._uniform_labels = uniform_conditions(self.n, nc, EVAL_SEED + 1)
         self._prepared = True
 
     @torch.no_grad()
@@ -113,10 +122,14 @@ class TrainingEvaluator:
                 preds.append(p)
                 if self.inception is not None:
                     incep.append(self.inception(x))
+            even = []
+            for chunk in idx.split(250) if self._uniform_labels is not None else ():
+                y = self._uniform_labels[chunk].to(self.device)
+                even.append(self.clf.run(G(z_all[chunk].to(self.device), y).float().clamp(-1, 1))[1])
         finally:
             G.train(was_training)
         cat = lambda xs: torch.cat(xs).numpy() if xs else None  # noqa: E731
-        return idx.numpy(), cat(feats), cat(preds), cat(incep)
+        return idx.numpy(), cat(feats), cat(preds), cat(incep), cat(even)
 
     def evaluate(self, G: nn.Module, step: int, rt: Any) -> dict[str, float]:
         """The metrics of G now (call on every rank; ``rt`` gives ``all_gather_object``)."""
@@ -135,6 +148,11 @@ class TrainingEvaluator:
                 else None
             )
             metrics = score(feats, preds, self._labels, self.ref, self.attributes, incep)
+            if self._uniform_labels is not None:
+                even = torch.from_numpy(np.concatenate([p[4] for p in parts])[order])
+                acc = accuracy(even, self._uniform_labels, self.attributes)
+                metrics |= {f"acc_uniform/{a}": acc[a] for a in self.attributes}
+                metrics["acc_joint_uniform"] = acc["joint"]
             result = {PREFIX + k: float(v) for k, v in metrics.items() if not k.endswith("_std")}
             result[PREFIX + "seconds"] = round(time.perf_counter() - t0, 2)
         return rt.all_gather_object(result)[0]

@@ -1,5 +1,11 @@
 """`ganscale eval RUN`: attribute accuracy, FID/KID and precision/recall of the EMA generator.
 
+Attribute accuracy is reported twice: over conditions drawn as in the corpus (``accuracy``,
+the draws FID/KID use too) and over every hair x eyes combination equally often
+(``acc_uniform``, with ``acc_per_value``: the accuracy of each value of each attribute), so a
+colour that is rare in the corpus, and weak in G, shows. ``--truncation PSI`` scales z by psi
+(``truncation_psi`` in eval.json; 1 = none).
+
 Every number comes with its reference points: the classifier's accuracy on real images at
 the run's resolution (the ceiling for attribute accuracy) and the same feature metrics
 between two disjoint halves of the corpus (the floor for FID/KID, the top for
@@ -14,6 +20,7 @@ and the confusion PNGs, print a summary); the scoring itself is
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -23,9 +30,17 @@ import torch
 from torch import Tensor
 
 from ganscale.errors import GanscaleError
-from ganscale.evaluation.classifier import ensure_classifier
+from ganscale.evaluation.classifier import accuracy, ensure_classifier
 from ganscale.evaluation.features import load_inception
-from ganscale.evaluation.scoring import confusion, draw_conditions, generated_features, real_reference, score
+from ganscale.evaluation.scoring import (
+    confusion,
+    draw_conditions,
+    generated_features,
+    per_value_accuracy,
+    real_reference,
+    score,
+    uniform_conditions,
+)
 
 EVAL_FORMAT = "ganscale-eval"
 
@@ -106,14 +121,18 @@ def evaluate_run(
     seed: int = 0,
     log: Any = print,
     inception_env: str | None = None,
+    truncation: float | None = None,
 ) -> dict[str, Any]:
     """Evaluate the run's (best, else final) EMA generator; write ``out`` (default RUN/eval.json)
     and one ``confusion-<attr>.png`` per attribute beside it. Returns what was written.
 
     ``inception_env``: the Inception weights variable's value, read by the CLI
-    (:func:`ganscale.runtime.env.inception_weights`)."""
+    (:func:`ganscale.runtime.env.inception_weights`). ``truncation``: psi in (0, 1], z' = psi * z
+    (None = 1 = none)."""
+    from ganscale.outputs.engines import check_psi
     from ganscale.outputs.export import find_export, load_generator
 
+    psi = check_psi(truncation)
     t0 = time.perf_counter()
     run = Path(run)
     if n < 16:
@@ -146,8 +165,17 @@ def evaluate_run(
     num_classes = [len(v) for v in attributes.values()]
     requested = draw_conditions(ref.labels, n, num_classes, seed) if attributes else None
     log(f"generating {n} images from {weights}")
-    feats, pred, gen_incep = generated_features(G, meta, requested, n, seed + 1, dev, clf, incep)
+    feats, pred, gen_incep = generated_features(G, meta, requested, n, seed + 1, dev, clf, incep, psi=psi)
     metrics = score(feats, pred, requested, ref, attributes, gen_incep)
+    uniform: dict[str, Any] = {"acc_uniform": None, "acc_per_value": None, "acc_per_value_n": None}
+    if attributes:
+        # the same z as above, every combination of values equally often: only the classifier reads them
+        even = uniform_conditions(n, num_classes, seed + 2)
+        log(f"generating {n} images over all {math.prod(num_classes)} combinations, each equally often")
+        _, even_pred, _ = generated_features(G, meta, even, n, seed + 1, dev, clf, None, psi=psi)
+        even_acc = accuracy(even_pred, even, attributes)
+        per_value, per_value_n = per_value_accuracy(even_pred, even, attributes)
+        uniform = {"acc_uniform": even_acc, "acc_per_value": per_value, "acc_per_value_n": per_value_n}
 
     confusion_files: dict[str, str] = {}
     confusion_counts: dict[str, list[list[int]]] = {}
@@ -180,6 +208,8 @@ def evaluate_run(
             if requested is not None
             else None
         ),
+        **uniform,
+        "truncation_psi": psi,
         "real_accuracy": ref.real_accuracy,
         "confusion_matrices": confusion_files,
         "confusion_counts": confusion_counts,
@@ -215,6 +245,22 @@ def summary(result: dict[str, Any]) -> str:
             "attribute accuracy: "
             + ", ".join(f"{k} {v:.1%} (real {real.get(k, float('nan')):.1%})" for k, v in acc.items())
         )
+    even = result.get("acc_uniform")
+    if even:
+        lines.append(
+            "attribute accuracy, every combination equally often: "
+            + ", ".join(f"{k} {v:.1%}" for k, v in even.items())
+        )
+        for attr, values in (result.get("acc_per_value") or {}).items():
+            known = {v: a for v, a in values.items() if a is not None}
+            weakest = min(known, key=known.__getitem__) if known else None
+            lines.append(
+                f"  {attr} by value: "
+                + ", ".join(f"{v} {a:.0%}" for v, a in known.items())
+                + (f"; weakest {weakest} {known[weakest]:.1%}" if weakest is not None else "")
+            )
+    if result.get("truncation_psi", 1.0) != 1.0:
+        lines.append(f"truncation psi {result['truncation_psi']:g} (z scaled toward the mean)")
     floor = result["real_vs_real"]
     for space in ("classifier", "inception"):
         if result.get(f"fid_{space}") is None:

@@ -4,7 +4,10 @@ The real side (:func:`real_reference`) reads 2 x n corpus images, chosen by key 
 :mod:`ganscale.evaluation.corpus_images` and caches their features under
 ``<corpus>/eval-cache/``; the generated side (:func:`generated_features`) draws n samples from
 G batch by batch; :func:`score` turns both into the flat metric dict that ``eval.json``, the
-training-time evaluator and the tracker share.
+training-time evaluator and the tracker share. Conditions are drawn two ways: as in the corpus
+(:func:`draw_conditions`, what FID/KID compare against) and uniformly over every combination
+of attribute values (:func:`uniform_conditions`, so a colour the corpus rarely shows still
+counts); :func:`per_value_accuracy` breaks accuracy down by requested value.
 """
 
 from __future__ import annotations
@@ -153,6 +156,48 @@ def draw_conditions(reference_labels: Tensor, n: int, num_classes: list[int], se
     return rows
 
 
+def uniform_conditions(n: int, num_classes: list[int], seed: int) -> Tensor:
+    """n label rows [n, A] over every combination of attribute values equally often: each of the
+    K = prod(num_classes) combinations n // K times; the n % K left over are picked greedily so
+    each value of each attribute is asked for about equally often (then all rows are shuffled)."""
+    import itertools
+
+    gen = torch.Generator().manual_seed(seed)
+    combos = torch.tensor(list(itertools.product(*(range(k) for k in num_classes))), dtype=torch.long)
+    full, rest = divmod(n, len(combos))
+    rows = [combos.repeat(full, 1)]
+    if rest:
+        counts = [torch.zeros(k) for k in num_classes]
+        left = combos[torch.randperm(len(combos), generator=gen)]  # random tie-break order
+        for _ in range(rest):
+            load = sum(counts[a][left[:, a]] for a in range(len(num_classes)))
+            i = int(torch.argmin(load))  # the first least-asked-for combination
+            for a in range(len(num_classes)):
+                counts[a][left[i, a]] += 1
+            rows.append(left[i : i + 1])
+            left = torch.cat([left[:i], left[i + 1 :]])
+    out = torch.cat(rows)
+    return out[torch.randperm(len(out), generator=gen)]
+
+
+def per_value_accuracy(
+    pred: Tensor, requested: Tensor, attributes: dict[str, list[str]]
+) -> tuple[dict[str, dict[str, float | None]], dict[str, dict[str, int]]]:
+    """({attr: {value: accuracy}}, {attr: {value: times asked for}}): for each value, the share
+    of the images where it was asked for whose classifier reading is that value (None: never
+    asked for)."""
+    acc: dict[str, dict[str, float | None]] = {}
+    counts: dict[str, dict[str, int]] = {}
+    for a, (name, values) in enumerate(attributes.items()):
+        acc[name], counts[name] = {}, {}
+        for v, value in enumerate(values):
+            asked = requested[:, a] == v
+            k = int(asked.sum())
+            counts[name][value] = k
+            acc[name][value] = float((pred[asked, a] == v).float().mean()) if k else None
+    return acc, counts
+
+
 @torch.no_grad()
 def generated_features(
     G: nn.Module,
@@ -164,9 +209,11 @@ def generated_features(
     clf: Classifier,
     inception: InceptionFeatures | None = None,
     batch_size: int = GEN_BATCH,
+    psi: float = 1.0,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """(classifier features, predicted labels, Inception features or None) of n generated
-    samples from G, z ~ N(0, z_sigma) drawn from ``seed``; made and consumed batch by batch."""
+    samples from G, z ~ N(0, z_sigma) drawn from ``seed`` and scaled by the truncation ``psi``
+    (1: as drawn); made and consumed batch by batch."""
     was_training = G.training
     G.eval()
     gen = torch.Generator().manual_seed(seed)
@@ -174,7 +221,8 @@ def generated_features(
     try:
         for i in range(0, n, batch_size):
             b = min(batch_size, n - i)
-            z = (torch.randn(b, meta["z_dim"], generator=gen) * meta["z_sigma"]).to(device)
+            z = torch.randn(b, meta["z_dim"], generator=gen) * meta["z_sigma"]
+            z = (z * psi if psi != 1.0 else z).to(device)
             y = labels[i : i + b].to(device) if labels is not None else None
             x = G(z, y).float().clamp(-1, 1)
             f, p = clf.run(x)

@@ -9,6 +9,12 @@ This module imports neither torch nor onnxruntime at import time: the ONNX path 
 torch is not installed. Noise here is drawn with numpy (PCG64), so a seed means the same faces
 on both backends (the torch-only ``sampling.noise`` keeps its own stream for old runs).
 
+Truncation, everywhere a person asks for it (``ganscale sample/eval --truncation``, the serve
+API's and page's ``truncation``, the ONNX path), is one number psi in (0, 1]: z' = psi * z.
+z ~ N(0, z_sigma^2) has mean 0, so psi pulls every sample toward the average face
+(G(0, y)): less variety, fewer odd faces as psi falls; psi = 1 is no truncation and gives
+exactly the untruncated images.
+
 Concurrency: one lock per engine around the forward pass. On CPU both backends already spread
 one forward over every core, so two forwards at once only fight for the same cores and double
 peak memory; the lock bounds memory and keeps latency predictable (FIFO-ish). It also keeps a
@@ -30,25 +36,36 @@ from ganscale.errors import GanscaleError
 
 ONNX_FILE = "generator.onnx"
 ANY = "any"
-MAX_TRUNCATION = 4.0
-MIN_TRUNCATION = 0.1
+MIN_PSI, MAX_PSI = 0.0, 1.0
+"""psi is in (MIN_PSI, MAX_PSI]: 0 itself would give one face for every z."""
+PSI_HELP = (
+    "Truncation psi in (0, 1]: z is scaled by psi, pulling faces toward the average one "
+    "(less variety, fewer odd faces); 1 = no truncation."
+)
 
 
-def draw_z(n: int, meta: dict[str, Any], seed: int, truncation: float | None = None) -> np.ndarray:
-    """[n, z_dim] float32 noise ~ N(0, z_sigma^2). With ``truncation`` (in standard deviations),
-    entries beyond it are redrawn (BigGAN's truncation trick: less variety, fewer odd faces)."""
+def check_psi(psi: float | None, flag: str = "--truncation") -> float:
+    """``psi`` as a float (None -> 1.0, no truncation); outside (0, 1] a one-line GanscaleError."""
+    if psi is None:
+        return 1.0
+    value = float(psi)
+    if not (math.isfinite(value) and MIN_PSI < value <= MAX_PSI):
+        raise GanscaleError(
+            f"{flag} {psi}: psi must be in (0, 1] (1 = no truncation; e.g. 0.7 for fewer odd faces)"
+        )
+    return value
+
+
+def draw_z(n: int, meta: dict[str, Any], seed: int, psi: float | None = None) -> np.ndarray:
+    """[n, z_dim] float32 noise ~ N(0, z_sigma^2), times ``psi`` (the truncation every command
+    uses, see the module docstring; None or 1 leaves z as drawn)."""
+    scale = check_psi(psi)
     rng = np.random.default_rng(seed)
     z = rng.standard_normal((n, int(meta["z_dim"])))
-    if truncation is not None:
-        if not MIN_TRUNCATION <= truncation <= MAX_TRUNCATION:
-            raise GanscaleError(
-                f"truncation {truncation}: use a value from {MIN_TRUNCATION} to {MAX_TRUNCATION}"
-            )
-        bad = np.abs(z) > truncation
-        while bad.any():
-            z[bad] = rng.standard_normal(int(bad.sum()))
-            bad = np.abs(z) > truncation
-    return (z * float(meta["z_sigma"])).astype(np.float32)
+    z = z * float(meta["z_sigma"])
+    if scale != 1.0:
+        z = z * scale
+    return z.astype(np.float32)
 
 
 def resolve_labels(

@@ -87,8 +87,9 @@ def eval_path(weights: Path) -> Path | None:
 
 
 def eval_summary(weights: Path) -> dict[str, Any] | None:
-    """Overall and per-value numbers from eval.json: attribute accuracy (overall, joint, and per
-    colour from its confusion counts), classifier-space FID/precision/recall with the real-vs-real
+    """Overall and per-value numbers from eval.json: attribute accuracy (overall, joint, every
+    combination equally often, and per colour: eval.json's ``acc_per_value``, measured with every
+    colour asked for equally often; older files: from the confusion counts), classifier-space FID/precision/recall with the real-vs-real
     floor, and how they were measured (n images, seed, classifier)."""
     path = eval_path(weights)
     data = _json(path) if path else None
@@ -98,12 +99,15 @@ def eval_summary(weights: Path) -> dict[str, Any] | None:
     counts = data.get("confusion_counts") or {}
     attributes = _json(weights.with_name("generator.json")) or _json(weights.with_name("config.json")) or {}
     names = attributes.get("attributes", {}) if isinstance(attributes, dict) else {}
-    for attr, matrix in counts.items():
-        values = names.get(attr) or [str(i) for i in range(len(matrix))]
-        per_value[attr] = {
-            v: (row[i] / sum(row) if sum(row) else None)
-            for i, (v, row) in enumerate(zip(values, matrix, strict=False))
-        }
+    if isinstance(data.get("acc_per_value"), dict):
+        per_value = {a: dict(v) for a, v in data["acc_per_value"].items() if isinstance(v, dict)}
+    else:
+        for attr, matrix in counts.items():
+            values = names.get(attr) or [str(i) for i in range(len(matrix))]
+            per_value[attr] = {
+                v: (row[i] / sum(row) if sum(row) else None)
+                for i, (v, row) in enumerate(zip(values, matrix, strict=False))
+            }
     floor = data.get("real_vs_real") or {}
     keys = ("fid_classifier", "kid_classifier", "precision_classifier", "recall_classifier", "fid_inception")
     return {
@@ -111,6 +115,7 @@ def eval_summary(weights: Path) -> dict[str, Any] | None:
         "seed": data.get("seed"),
         "accuracy": data.get("accuracy"),
         "real_accuracy": data.get("real_accuracy"),
+        "uniform_accuracy": data.get("acc_uniform"),
         "per_value_accuracy": per_value,
         "metrics": {k: data.get(k) for k in keys if data.get(k) is not None},
         "real_vs_real": {k: floor.get(k) for k in keys if floor.get(k) is not None},

@@ -62,22 +62,25 @@ def all_conditions(attributes: dict[str, list[str]]) -> list[str]:
 
 
 def noise(
-    n: int, meta: dict[str, Any], seed: int, device: torch.device, truncation: float | None = None
+    n: int,
+    meta: dict[str, Any],
+    seed: int,
+    device: torch.device,
+    psi: float | None = None,
 ) -> torch.Tensor:
-    """z ~ N(0, z_sigma^2); with ``truncation`` (in standard deviations) entries beyond it are
-    redrawn from the same generator (the truncation trick)."""
+    """z ~ N(0, z_sigma^2), times ``psi`` (the truncation of every command: z' = psi * z, see
+    ``ganscale.outputs.engines``; None or 1 leaves z exactly as drawn)."""
     import torch
 
+    from ganscale.outputs.engines import check_psi
+
+    scale = check_psi(psi)
     gen = torch.Generator().manual_seed(seed)
     z = torch.randn(n, meta["z_dim"], generator=gen)
-    if truncation is not None:
-        from ganscale.outputs.engines import MAX_TRUNCATION, MIN_TRUNCATION
-
-        if not MIN_TRUNCATION <= truncation <= MAX_TRUNCATION:
-            raise GanscaleError(f"--truncation {truncation}: use {MIN_TRUNCATION} to {MAX_TRUNCATION}")
-        while bool((bad := z.abs() > truncation).any()):
-            z[bad] = torch.randn(int(bad.sum()), generator=gen)
-    return (z * meta["z_sigma"]).to(device)
+    z = z * meta["z_sigma"]
+    if scale != 1.0:
+        z = z * scale
+    return z.to(device)
 
 
 def generate(
@@ -88,10 +91,10 @@ def generate(
     seed: int,
     device: torch.device,
     rows: int = 4,
-    truncation: float | None = None,
+    psi: float | None = None,
 ) -> torch.Tensor:
     """Images [R*per_condition, 3, S, S]: one row per condition, the same z down each column
-    (so a column shows one face under every condition)."""
+    (so a column shows one face under every condition); ``psi``: truncation (see ``noise``)."""
     import torch
 
     was_training = G.training
@@ -99,9 +102,9 @@ def generate(
     with torch.no_grad():
         try:
             if conditions is None:
-                z = noise(rows * per_condition, meta, seed, device, truncation)
+                z = noise(rows * per_condition, meta, seed, device, psi=psi)
                 return G(z, None).float()
-            z = noise(per_condition, meta, seed, device, truncation).repeat(len(conditions), 1)
+            z = noise(per_condition, meta, seed, device, psi=psi).repeat(len(conditions), 1)
             labels = labels_for(conditions, meta["attributes"]).to(device).repeat_interleave(per_condition, 0)
             return G(z, labels).float()
         finally:
@@ -118,12 +121,24 @@ def sample_command(
     interpolate: str | None = None,
     device: str | None = None,
     truncation: float | None = None,
+    labels: bool | None = False,
+    min_cell: int = 0,
 ) -> Path:
     """What `ganscale sample` does; returns the path written. ``run`` may also be a ``.onnx``
     export (or a folder holding only one): then onnxruntime runs it and torch is never imported
     (its z comes from numpy, so seed k there is the same face as seed k in `ganscale serve`,
-    not as seed k of the PyTorch path, whose stream is kept for existing runs)."""
-    from ganscale.outputs.engines import is_onnx
+    not as seed k of the PyTorch path, whose stream is kept for existing runs).
+
+    ``truncation``: psi in (0, 1] (z' = psi * z; None = 1 = none). ``labels``: write each
+    row's tags at its left (a grid of several conditions) or a caption above (one condition);
+    None = only for a grid of several conditions (the CLI's default). ``min_cell``: enlarge
+    faces (nearest, whole factor) to at least this many px. Both are off by default here, so
+    the grid stays pixel for pixel what G made, laid out as before."""
+    from ganscale.outputs.engines import check_psi, is_onnx
+
+    psi = check_psi(truncation)
+    if min_cell < 0 or min_cell > 1024:
+        raise GanscaleError(f"--min-cell {min_cell}: use 0 (native size) to 1024 px")
 
     onnx = is_onnx(Path(run))
     if onnx:
@@ -140,8 +155,8 @@ def sample_command(
     if interpolate is not None:
         target = Path(out_str or "interpolation.gif")
         if onnx:
-            return _interpolate_engine(engine, tags, interpolate, n or 16, seed, target, truncation)
-        return _interpolate(G, meta, tags, interpolate, n or 16, seed, dev, target, truncation)
+            return _interpolate_engine(engine, tags, interpolate, n or 16, seed, target, psi)
+        return _interpolate(G, meta, tags, interpolate, n or 16, seed, dev, target, psi)
     if all_conditions:
         if not meta["attributes"]:
             raise GanscaleError("--all-conditions: this generator is unconditional")
@@ -152,26 +167,34 @@ def sample_command(
         count = n or 64
         per = count if conditions is None or len(conditions) == 1 else max(1, count // len(conditions))
     if onnx:
-        arrays = _generate_engine(engine, conditions, count if conditions is None else per, seed, truncation)
+        arrays = _generate_engine(engine, conditions, count if conditions is None else per, seed, psi)
     else:
         from ganscale.outputs.images import to_uint8
 
         if conditions is None:
-            images = generate(G, meta, None, count, seed, dev, rows=1, truncation=truncation)
+            images = generate(G, meta, None, count, seed, dev, rows=1, psi=psi)
         else:
-            images = generate(G, meta, conditions, per, seed, dev, truncation=truncation)
+            images = generate(G, meta, conditions, per, seed, dev, psi=psi)
         arrays = to_uint8(images)
+    from ganscale.outputs.images import labelled_grid, upscale
+
+    arrays = upscale(arrays, min_cell)
     if out_str.endswith("/") or (out is not None and Path(out).is_dir()):
         folder = Path(out_str)
         folder.mkdir(parents=True, exist_ok=True)
         for i, arr in enumerate(arrays):
             _save(arr, folder / f"{i:05d}.png")
         return folder
-    from ganscale.outputs.engines import grid
-
     path = Path(out_str or "samples.png")
-    ncol = per if conditions is not None and len(conditions) > 1 else int(math.ceil(math.sqrt(len(arrays))))
-    return _save(grid(arrays, ncol=ncol), path)
+    several = conditions is not None and len(conditions) > 1
+    ncol = per if several else int(math.ceil(math.sqrt(len(arrays))))
+    if not (several if labels is None else labels):
+        return _save(labelled_grid(arrays, ncol), path)
+    note = f"seed {seed}" + (f", truncation psi {psi:g}" if psi != 1.0 else "")
+    if several:
+        return _save(labelled_grid(arrays, ncol, conditions, f"{note}; the same z down each column"), path)
+    title = f"{conditions[0] if conditions else 'samples'} ({note})"
+    return _save(labelled_grid(arrays, ncol, caption=title), path)
 
 
 def _save(array: Any, path: Path, data: bytes | None = None) -> Path:
@@ -185,16 +208,14 @@ def _save(array: Any, path: Path, data: bytes | None = None) -> Path:
     return path
 
 
-def _generate_engine(
-    engine: Any, conditions: list[str] | None, per: int, seed: int, truncation: float | None
-):  # noqa: ANN202
+def _generate_engine(engine: Any, conditions: list[str] | None, per: int, seed: int, psi: float):  # noqa: ANN202
     """The torch-free twin of :func:`generate`: uint8 [R*per, S, S, 3], same z down each column."""
     import numpy as np
 
     from ganscale.corpus.vocab import parse_tags
     from ganscale.outputs.engines import draw_z
 
-    z = draw_z(per, engine.meta, seed, truncation)
+    z = draw_z(per, engine.meta, seed, psi=psi)
     if conditions is None:
         return engine.images(z)
     labels = np.array([parse_tags(c, engine.attributes) for c in conditions], dtype=np.int64)
@@ -202,7 +223,7 @@ def _generate_engine(
 
 
 def _interpolate_engine(
-    engine: Any, tags: str | None, target: str, frames: int, seed: int, out: Path, truncation: float | None
+    engine: Any, tags: str | None, target: str, frames: int, seed: int, out: Path, psi: float
 ) -> Path:
     """The torch-free twin of :func:`_interpolate` (one batch: the frames are the batch)."""
     import numpy as np
@@ -211,7 +232,7 @@ def _interpolate_engine(
     from ganscale.outputs.engines import draw_z, gif_bytes, slerp_np
 
     frames = max(2, frames)
-    z0, z1 = draw_z(2, engine.meta, seed, truncation)
+    z0, z1 = draw_z(2, engine.meta, seed, psi=psi)
     t = np.linspace(0, 1, frames, dtype=np.float32)[:, None]
     z = slerp_np(np.repeat(z0[None], frames, 0), np.repeat(z1[None], frames, 0), t)
     if engine.attributes:
@@ -258,22 +279,22 @@ def _interpolate(
     seed: int,
     device: torch.device,
     out: Path,
-    truncation: float | None = None,
+    psi: float = 1.0,
 ) -> Path:
     """A GIF walking z (slerp between two draws) and, for conditional G, the condition from
     --tags to --interpolate (continuously, through mixed one-hot codes)."""
     import torch
 
     with torch.no_grad():
-        return _interpolate_torch(G, meta, tags, target, frames, seed, device, out, truncation)
+        return _interpolate_torch(G, meta, tags, target, frames, seed, device, out, psi)
 
 
-def _interpolate_torch(G, meta, tags, target, frames, seed, device, out, truncation):  # noqa: ANN001, ANN202
+def _interpolate_torch(G, meta, tags, target, frames, seed, device, out, psi):  # noqa: ANN001, ANN202
     from PIL import Image
 
     from ganscale.outputs.images import to_uint8
 
-    z0, z1 = noise(2, meta, seed, device, truncation).chunk(2)
+    z0, z1 = noise(2, meta, seed, device, psi=psi).chunk(2)
     attributes = meta["attributes"]
     if attributes:
         start = labels_for(parse_conditions(tags, meta)[:1], attributes)

@@ -11,13 +11,14 @@ ours is already split by node and worker.
 from __future__ import annotations
 
 import contextlib
+from datetime import timedelta
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from ganscale.config import Config
-from ganscale.runtime.base import NETS, BatchPlan, Runtime, contiguous_state, make_adam
+from ganscale.runtime.base import NETS, BatchPlan, Runtime, collective_timeout, contiguous_state, make_adam
 
 
 class AccelerateRuntime(Runtime):
@@ -25,16 +26,23 @@ class AccelerateRuntime(Runtime):
 
     def __init__(self, cfg: Config) -> None:
         from accelerate import Accelerator
-        from accelerate.utils import DistributedDataParallelKwargs
+        from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
 
         # mixed_precision="no": precision is ours (see module docstring). broadcast_buffers
         # off: each rank keeps its own BatchNorm statistics, like SyncBN-free DCGAN training.
         ddp = DistributedDataParallelKwargs(broadcast_buffers=False)
+        # The collective timeout (faults.collective_timeout_s). Accelerate passes on only the
+        # fields that differ from the class defaults, whose timeout is 600 s (NCCL's): exactly
+        # 600 would be dropped and gloo would wait its own 1800. One microsecond more is kept.
+        timeout = collective_timeout(cfg)
+        if timeout == InitProcessGroupKwargs().timeout:
+            timeout += timedelta(microseconds=1)
+        pg = InitProcessGroupKwargs(timeout=timeout)
         # cpu=True without CUDA: otherwise, under torchrun (no ACCELERATE_USE_CPU), Accelerate on
         # a CPU-only machine makes every process "rank 0 of 1" (no gradient averaging, data not
         # split, every rank writing checkpoints).
         self.accelerator = Accelerator(
-            mixed_precision="no", kwargs_handlers=[ddp], cpu=not torch.cuda.is_available()
+            mixed_precision="no", kwargs_handlers=[ddp, pg], cpu=not torch.cuda.is_available()
         )
         state = self.accelerator.state
         # Several CPU processes get device "cpu:0", which safetensors' load_file(device=...) rejects

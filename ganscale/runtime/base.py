@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import sys
 import warnings
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +52,20 @@ def make_adam(
     else:
         kwargs["foreach"] = False
     return torch.optim.Adam(params, lr=lr, betas=betas, **kwargs)
+
+
+def collective_timeout(cfg: Config) -> timedelta:
+    """How long one collective may wait for the other ranks (``faults.collective_timeout_s``):
+    the process group's timeout, which gloo applies to every collective and NCCL's watchdog
+    enforces, so a rank that died or froze fails the others instead of hanging them."""
+    return timedelta(seconds=cfg.faults.collective_timeout_s)
+
+
+def unwinding() -> bool:
+    """Is an exception propagating through the caller's ``finally`` (``rt.end()`` after a
+    failed step)? Then the other ranks may be gone, and a closing barrier would only wait for
+    them until the collective timeout: a second timeout before the process can exit."""
+    return sys.exc_info()[1] is not None
 
 
 @dataclass(frozen=True)

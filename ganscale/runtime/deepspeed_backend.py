@@ -40,6 +40,15 @@ Accelerate backend, and the trainer exports the EMA generator as usual, so sampl
 needs DeepSpeed. DeepSpeed's own files are torch pickles: only ``--resume`` of a DeepSpeed
 run reads them.
 
+Collective timeout (``faults.collective_timeout_s``): the world group's
+(``deepspeed.init_distributed(timeout=...)``) and, through torch's default for new groups, that
+of the groups DeepSpeed makes for itself; so a rank that dies or freezes fails the others
+within it. After such a failure :meth:`DeepSpeedRuntime.end` skips its closing barrier.
+
+Gradient penalties (GP, R1, DRAGAN) differentiate D's output with respect to its input before
+the engine's backward; that pass runs on the plain module (``losses.plain_module``), because
+the engine's forward hooks its outputs to start its backward (ZeRO's reduction epilogue).
+
 ZeRO-3 is refused by the config: it partitions the weights themselves, and the trainer's
 EMA of G (a deep copy of the live module, updated in place) would see empty tensors.
 
@@ -55,6 +64,7 @@ import json
 import logging
 import warnings
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +73,16 @@ from torch import nn
 
 from ganscale.config import Config
 from ganscale.errors import GanscaleError
-from ganscale.runtime.base import NETS, BatchPlan, Runtime, amp_dtype, contiguous_state, make_adam
+from ganscale.runtime.base import (
+    NETS,
+    BatchPlan,
+    Runtime,
+    amp_dtype,
+    collective_timeout,
+    contiguous_state,
+    make_adam,
+    unwinding,
+)
 from ganscale.runtime.deepspeed_checkpoint import load_engine, save_engine
 from ganscale.runtime.deepspeed_config import ds_config
 from ganscale.runtime.env import default_ds_accelerator, export_single_process_group, launch_env
@@ -71,7 +90,7 @@ from ganscale.runtime.env import default_ds_accelerator, export_single_process_g
 __all__ = ["DeepSpeedRuntime", "ds_config"]
 
 
-def _init_process_group(device_type: str) -> None:
+def _init_process_group(device_type: str, timeout: timedelta) -> None:
     """Join (or, for a plain single process, create) the process group.
 
     ``torchrun``, ``accelerate launch`` and the ``deepspeed`` launcher all export RANK,
@@ -81,13 +100,31 @@ def _init_process_group(device_type: str) -> None:
     """
     import deepspeed
 
+    _default_group_timeout(timeout)  # DeepSpeed's own groups, even in a group made elsewhere
     if torch.distributed.is_initialized():
         return
     export_single_process_group()
     backend = "nccl" if device_type == "cuda" else "gloo"
     if device_type == "cpu":
         _check_shm_op_lock()
-    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
+    # timeout: faults.collective_timeout_s, for every collective of the group (gloo and NCCL)
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False, timeout=timeout)
+
+
+def _default_group_timeout(timeout: timedelta) -> None:
+    """Make ``timeout`` the default of every process group created later in this process.
+
+    DeepSpeed reduces ZeRO gradients over groups of its own (a clone of the world group for
+    data parallelism), made with ``torch.distributed.new_group(ranks)`` and no timeout: such a
+    group takes torch's module default (1800 s for gloo), not the world group's. Seen here: a
+    frozen rank left the other waiting in that clone's all-reduce long after the world group's
+    timeout. So the default that ``new_group`` reads is set as well.
+    """
+    from torch.distributed import distributed_c10d as c10d
+
+    c10d.default_pg_timeout = timeout
+    if isinstance(c10d.default_pg_nccl_timeout, timedelta):  # None in builds without NCCL
+        c10d.default_pg_nccl_timeout = timeout
 
 
 def _check_shm_op_lock(max_age_s: float = 300.0) -> None:
@@ -160,7 +197,7 @@ class DeepSpeedRuntime(Runtime):
         ds_logger.setLevel(logging.WARNING)
         self.cfg = cfg
         device_type = "cuda" if torch.cuda.is_available() else "cpu"
-        _init_process_group(device_type)
+        _init_process_group(device_type, collective_timeout(cfg))
         self.rank = torch.distributed.get_rank()
         self.world_size = torch.distributed.get_world_size()
         self.local_rank = launch_env().local_rank
@@ -312,5 +349,5 @@ class DeepSpeedRuntime(Runtime):
         # left up: DeepSpeed caches its groups globally, so a destroyed and re-created group
         # breaks the next deepspeed.initialize in this process (tests, notebooks).
         gc.collect()
-        if torch.distributed.is_initialized():
+        if torch.distributed.is_initialized() and not unwinding():
             torch.distributed.barrier()

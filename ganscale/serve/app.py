@@ -3,9 +3,12 @@
     GET  /                 the page (plain HTML + a little JS, nothing fetched from elsewhere)
     GET  /api/info         vocabularies, image size, backend, the run's facts (step, eval...)
     POST /api/generate     {"conditions": {"hair": "blue", "eyes": "any"}, "n": 16, "seed": 3 | null,
-                            "truncation": 1.0 | null} -> a PNG grid (data URL) + one tag text per face
+                            "truncation": 0.7 | null} -> a PNG grid (data URL) + one tag text per face
     POST /api/interpolate  {"start": {"conditions", "seed"}, "end": {...}, "frames": 8,
                             "truncation"} -> a strip PNG and a GIF (data URLs)
+
+``truncation`` is psi in (0, 1], as in ``ganscale sample --truncation``: z' = psi * z, pulling
+faces toward the average one; null or 1 = none (see ganscale.outputs.engines).
 
 Safety: requests carry only colour names, counts, seeds and a truncation value, checked by
 strict pydantic models (unknown fields refused), then against the model's own vocabulary; no
@@ -29,8 +32,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ganscale.errors import GanscaleError
 from ganscale.outputs.engines import (
-    MAX_TRUNCATION,
-    MIN_TRUNCATION,
+    MAX_PSI,
+    MIN_PSI,
     Engine,
     draw_z,
     gif_bytes,
@@ -57,7 +60,8 @@ class GenerateRequest(_Strict):
     conditions: Conditions = Field(default_factory=dict, max_length=16)
     n: int = Field(16, ge=1, le=MAX_N)
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
-    truncation: float | None = Field(None, ge=MIN_TRUNCATION, le=MAX_TRUNCATION)
+    truncation: float | None = Field(None, gt=MIN_PSI, le=MAX_PSI)
+    """psi: z' = psi * z (null = 1 = no truncation)."""
 
 
 class End(_Strict):
@@ -69,7 +73,7 @@ class InterpolateRequest(_Strict):
     start: End
     end: End
     frames: int = Field(8, ge=2, le=MAX_FRAMES)
-    truncation: float | None = Field(None, ge=MIN_TRUNCATION, le=MAX_TRUNCATION)
+    truncation: float | None = Field(None, gt=MIN_PSI, le=MAX_PSI)
 
 
 def _data_url(data: bytes, mime: str) -> str:
@@ -150,7 +154,12 @@ def create_app(engine: Engine, facts: dict[str, Any], host: str = "127.0.0.1") -
             "backend": engine.backend,
             "max_n": MAX_N,
             "max_frames": MAX_FRAMES,
-            "truncation": {"min": MIN_TRUNCATION, "max": MAX_TRUNCATION},
+            "truncation": {
+                "min": MIN_PSI,
+                "max": MAX_PSI,
+                "min_exclusive": True,
+                "meaning": "psi: z' = psi * z",
+            },
             "facts": facts,
         }
 
@@ -165,7 +174,7 @@ def create_app(engine: Engine, facts: dict[str, Any], host: str = "127.0.0.1") -
     def generate(req: GenerateRequest) -> dict[str, Any]:
         seed = req.seed if req.seed is not None else secrets.randbelow(2**31)
         lab, tags = labels(req.conditions, req.n, seed)
-        images = engine.images(draw_z(req.n, meta, seed, req.truncation), lab)
+        images = engine.images(draw_z(req.n, meta, seed, psi=req.truncation), lab)
         ncol = int(math.ceil(math.sqrt(req.n)))
         g = grid(images, ncol=ncol)
         return {
@@ -189,7 +198,7 @@ def create_app(engine: Engine, facts: dict[str, Any], host: str = "127.0.0.1") -
 
         f = req.frames
         t = np.linspace(0, 1, f, dtype=np.float32)[:, None]
-        za, zb = draw_z(1, meta, seed_a, req.truncation), draw_z(1, meta, seed_b, req.truncation)
+        za, zb = draw_z(1, meta, seed_a, psi=req.truncation), draw_z(1, meta, seed_b, psi=req.truncation)
         z = slerp_np(np.repeat(za, f, 0), np.repeat(zb, f, 0), t)
         if attributes:
             frames = engine.images(z, np.repeat(lab_a, f, 0), np.repeat(lab_b, f, 0), t)

@@ -36,7 +36,7 @@ PAGE = """<!doctype html>
  <div id="conditions"></div>
  <label for="n">How many faces (1-64)</label><input id="n" value="16">
  <label for="seed">Seed (a number, or "random")</label><input id="seed" value="random">
- <div id="truncation-box"><label for="truncation">Truncation (0.1-4 std; empty = off)</label>
+ <div id="truncation-box"><label for="truncation">Truncation psi (0-1; lower = nearer the average face; empty = off)</label>
  <input id="truncation" value=""></div>
  <button id="generate">Generate</button>
  <h3>Interpolate</h3>
@@ -122,7 +122,7 @@ async function generate() {
   show($("grid"), data); $("grid").dataset.seed = data.seed;
   const same = data.tags.every((t) => t === data.tags[0]);
   $("tags").textContent = (same ? data.n + " x " + (data.tags[0] || "faces") : data.tags.map((t, i) => (i + 1) + ": " + t).join("; "))
-     + "  (seed " + data.seed + (data.truncation ? ", truncation " + data.truncation : "") + ")";
+     + "  (seed " + data.seed + (data.truncation ? ", truncation psi " + data.truncation : "") + ")";
   const a = $("download"); a.href = data.image; a.classList.remove("hidden");
   a.download = "ganscale-" + (same && data.tags[0] ? data.tags[0].replace(/ /g, "-") + "-" : "") + "seed" + data.seed + ".png";
 }

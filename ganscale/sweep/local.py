@@ -157,7 +157,9 @@ def train_command(spec: SweepSpec, cell: Cell, resume: bool, nproc: int = 1) -> 
     cmd = [*ganscale_prefix(nproc), "train", str(spec.base), "--out", str(spec.out / cell.folder)]
     for s in cell.train_sets(spec.sets):
         cmd += ["--set", s]
-    return [*cmd, "--resume", "latest"] if resume else cmd
+    # A cell without a checkpoint starts over: what an interrupted first attempt left (metrics
+    # rows before its first checkpoint) belongs to no resumable run, and `train` refuses to mix.
+    return [*cmd, "--resume", "latest"] if resume else [*cmd, "--overwrite"]
 
 
 def run_cell(

@@ -25,7 +25,9 @@ from typing import Any
 
 from ganscale.errors import GanscaleError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""Version 2: the noise streams of :mod:`ganscale.train.noise` (packed counters). A version-1
+checkpoint would resume with other noise than it was trained with, so it is refused."""
 _STEP_RE = re.compile(r"^step-(\d{7,})$")
 
 
@@ -160,12 +162,29 @@ def read_state(folder: Path) -> dict[str, Any]:
         raise GanscaleError(
             f"checkpoint {folder}: unreadable state.json ({e}); resume from an earlier checkpoint"
         ) from None
-    version = state.get("format_version")
+    version = state.get("format_version") if isinstance(state, dict) else None
     if version != FORMAT_VERSION:
-        raise GanscaleError(
-            f"checkpoint {folder}: format version {version}, this ganscale reads {FORMAT_VERSION}"
-        )
+        raise GanscaleError(version_message(folder, version))
     return state
+
+
+def version_message(folder: Path, version: Any) -> str:
+    """Why a checkpoint of another format version is refused, and what to do (one line)."""
+    if isinstance(version, int) and not isinstance(version, bool) and 0 < version < FORMAT_VERSION:
+        return (
+            f"checkpoint {folder}: format version {version} was written by an older ganscale whose "
+            f"noise streams differ (this one reads version {FORMAT_VERSION}); resume it with the "
+            f"ganscale that wrote it, or start fresh with --overwrite or a new --out"
+        )
+    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
+        return (
+            f"checkpoint {folder}: format version {version} is newer than this ganscale reads "
+            f"({FORMAT_VERSION}); upgrade ganscale to resume it"
+        )
+    return (
+        f"checkpoint {folder}: format version {version!r} is not one ganscale wrote (this one "
+        f"reads {FORMAT_VERSION}); resume from another checkpoint"
+    )
 
 
 def _write_errors() -> tuple[type[BaseException], ...]:
@@ -212,3 +231,12 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def remove_after(run_dir: Path, step: int) -> list[int]:
+    """Remove the run's checkpoints later than ``step`` (a resume from an older one abandons
+    them: kept, they would be "latest" again). Returns their steps."""
+    later = [ref for ref in list_checkpoints(run_dir) if ref.step > step]
+    for ref in later:
+        _remove(ref.path)
+    return [ref.step for ref in later]

@@ -39,9 +39,9 @@ def _warn(message: str) -> None:
     warnings.warn(message, stacklevel=4)
 
 
-def say(rt: Runtime, message: str) -> None:
-    """A line on the main process's stdout."""
-    if rt.is_main:
+def say(rt: Runtime, message: str | None) -> None:
+    """A line on the main process's stdout (nothing for None)."""
+    if rt.is_main and message is not None:
         print(message, flush=True)
 
 

@@ -24,6 +24,8 @@ from typing import Any, Protocol
 
 import torch
 
+from ganscale.augment import RealBatchAugment
+from ganscale.augment.ada import build_augmenter
 from ganscale.config import Config, save_config
 from ganscale.errors import GanscaleError
 from ganscale.evaluation.during_training import EvalContext, TrainingEvalHook
@@ -33,14 +35,26 @@ from ganscale.runtime import Runtime, build_runtime, env
 from ganscale.train import checkpoint as ckpt
 from ganscale.train import losses
 from ganscale.train.ema import EMA
-from ganscale.train.faults import SIGNAL_CHECK_EVERY, NanGuard, NonFiniteLoss, Rollback, StopSignal, roll_back
-from ganscale.train.noise import NoiseSource, step_generator
+from ganscale.train.faults import (
+    SIGNAL_CHECK_EVERY,
+    DataEnded,
+    DataWatch,
+    NanGuard,
+    NonFiniteLoss,
+    Rollback,
+    StopSignal,
+    agree,
+    roll_back,
+)
+from ganscale.train.noise import NoisePhase, NoiseSource, check_plan, step_generator
 from ganscale.train.reporting import STUDY_CONDITIONS, RunLog, build_outputs, say
+from ganscale.train.run_folder import RunMetrics, clear_run, drop_after_resume, plan_start
 from ganscale.train.state import Checkpointer, TrainState
 
 __all__ = [
     "SIGNAL_CHECK_EVERY",
     "STUDY_CONDITIONS",
+    "DataEnded",
     "NonFiniteLoss",
     "TrainResult",
     "TrainState",
@@ -109,6 +123,7 @@ class Trainer:
                 seed=cfg.seed,
                 rank=rt.rank,
                 world_size=rt.world_size,
+                output="uint8",  # read + decode only; converted and augmented on rt.device
             )
         )
         self.attributes = dict(self.data.info.attributes) if cfg.model.conditional else {}
@@ -123,6 +138,7 @@ class Trainer:
         D = build_discriminator(cfg.model, self.num_classes, norm=cfg.d_norm)
         rt.setup(G, D)
         self.ema = EMA(rt.module("g"), cfg.train.ema_decay)
+        check_plan(rt.world_size, self.plan.grad_accum, self.plan.n_critic)
         self.noise = NoiseSource(
             cfg.seed,
             rt.rank,
@@ -132,6 +148,16 @@ class Trainer:
             self.plan.grad_accum,
             rt.device,
         )
+        # the real batch: loader uint8 -> float [-1, 1] on the device, the study's flip/rotation
+        # warped there (data.augment_on: device); float batches fed in are only moved
+        layout = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+        self.real_batch = RealBatchAugment(rt.device, layout)
+        # stabilisers (augment.*, loss.lecam_*) and the one-G-forward step (train.shared_fake)
+        self.augment = build_augmenter(cfg, rt)
+        self.lecam = losses.LeCamEMA(cfg.loss.lecam_decay, rt.device) if cfg.loss.lecam_weight > 0 else None
+        self.shared_fake = cfg.shares_fake(self.plan.grad_accum)
+        self._fake: tuple[torch.Tensor, torch.Tensor | None] | None = None  # the D phase's, for G
+        self._d_params = list(rt.module("d").parameters())  # toggled per step: D.requires_grad_ walks modules
         self.state = TrainState()
         self.meta = generator_meta(cfg, self.attributes)
 
@@ -152,22 +178,24 @@ class Trainer:
             )
         )
         self.metrics = (
-            metrics if metrics is not None else MetricsFile(run_dir / "metrics.jsonl" if rt.is_main else None)
+            metrics if metrics is not None else RunMetrics(run_dir / "metrics.jsonl" if rt.is_main else None)
         )
         self.report = RunLog(cfg, rt, self.data, self.tracker, self.metrics)
         self.outputs = build_outputs(cfg, run_dir, rt, self.ema, self.meta, self.report)
-        self.guard = NanGuard(cfg.faults, rt, self.state, self.tracker, self.metrics)
+        self.batches = DataWatch(self.data if batches is None else batches)
+        self.guard = NanGuard(cfg.faults, rt, self.state, self.tracker, self.metrics, self.batches)
         self.eval_hook = TrainingEvalHook.build(self.eval_context())  # None when eval.every == 0
+        ranked = {"augment": self.augment, "lecam": self.lecam}  # ADA's statistics, LeCam's EMAs
         self.checkpointer = Checkpointer(
-            cfg, run_dir, rt, self.ema, self.data, self.meta, stateful={"eval": self.eval_hook}
+            cfg, run_dir, rt, self.ema, self.data, self.meta, {"eval": self.eval_hook}, per_rank=ranked
         )
 
-        folder = ckpt.resolve_resume(run_dir, resume)
+        folder = agree(rt, lambda: ckpt.resolve_resume(run_dir, resume))  # rank 0's view, everywhere
         if folder is not None:
             self.checkpointer.restore(folder, self.state)
             say(rt, f"resumed from {folder} at step {self.state.step}")
-        self._source: Iterable[Batch] = self.data if batches is None else batches
-        self.batches: Iterator[Batch] = iter(self._source)
+        if resume is not None and rt.is_main:  # rows and checkpoints past the resumed step go
+            say(rt, drop_after_resume(run_dir, self.metrics, self.state.step))
         self.data_wait_s = 0.0
         """Seconds spent waiting for batches, summed over the trainer's life."""
         self._closed = False
@@ -189,76 +217,112 @@ class Trainer:
     # ------------------------------------------------------------------ data
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         t0 = time.perf_counter()
-        images, labels = next(self.batches)
+        batch = next(self.batches)
         self.data_wait_s += time.perf_counter() - t0
-        images = images.to(self.rt.device, non_blocking=True)
-        if self.cfg.train.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
+        # a LoaderBatch (uint8 + per-sample flip/angle) or a plain (float images, labels) pair
+        labels = batch[1]
+        images = self.real_batch(batch[0], getattr(batch, "aug", None))
         if not self.num_classes:
             return images, None
         return images, labels.to(self.rt.device, non_blocking=True)
 
     # ------------------------------------------------------------------ the two phases
     def d_phase(self, step: int) -> dict[str, torch.Tensor]:
-        cfg, rt, accum = self.cfg, self.rt, self.plan.grad_accum
+        cfg, rt, accum, aug, lc = self.cfg, self.rt, self.plan.grad_accum, self.augment, self.cfg.loss
         out: dict[str, torch.Tensor] = {}
+        self._fake = None
         for critic in range(cfg.train.n_critic):
+            # lazy penalty: on D updates 0, N, 2N... (counted over steps and critic updates)
+            penalty = lc.penalty != "none" and (step * cfg.train.n_critic + critic) % lc.penalty_every == 0
             for micro in range(accum):
                 real, real_labels = self.next_batch()
                 z, fake_labels = self.noise.draw(step, real.shape[0], "d", micro, critic)
                 with rt.no_sync("d", enabled=micro < accum - 1), rt.autocast():
-                    with torch.no_grad():
+                    with torch.set_grad_enabled(self.shared_fake):  # shared: G's graph kept for the G phase
                         fake = rt.G(z, fake_labels)
-                    real_logits, real_cls = rt.D(real, real_labels)
-                    fake_logits, fake_cls = rt.D(fake, fake_labels)
+                    real_logits, real_cls = rt.D(aug(real), real_labels)
+                    fake_logits, fake_cls = rt.D(aug(fake.detach()), fake_labels)
                     adv = losses.d_adversarial_loss(cfg.loss.adversarial, real_logits, fake_logits)
                     cls = losses.class_loss(real_cls, real_labels)
                     if cfg.loss.d_fake_class:
                         cls = cls + losses.class_loss(fake_cls, fake_labels)
                     cls = cfg.loss.class_weight * cls
                     loss = adv + cls
-                    if cfg.loss.penalty != "none":
+                    if penalty:  # of D after the augmentation (the plain D under it, as losses.py runs)
+                        pen_d = aug.discriminator(rt.D, plain=rt.module("d"))
                         pen = losses.gradient_penalty(
-                            cfg.loss.penalty, rt.D, real, fake, real_labels, grad_scale=rt.loss_scale("d")
+                            lc.penalty,
+                            pen_d,
+                            real,
+                            fake,
+                            real_labels,
+                            grad_scale=rt.loss_scale("d"),
+                            generator=self.noise.generator(step, NoisePhase.PENALTY, critic, micro),
                         )
-                        loss = loss + cfg.loss.penalty_weight * pen
+                        loss = loss + lc.penalty_weight * lc.penalty_every * pen
                         out["loss/penalty"] = pen.detach()
+                    if self.lecam is not None:
+                        lecam = self.lecam.penalty(real_logits, fake_logits)  # EMAs updated first
+                        loss = loss + lc.lecam_weight * lecam
+                        out["loss/lecam"] = lecam.detach()
+                    aug.observe_real(real_logits)
                     rt.backward(loss / accum, "d")
-            if not self.guard.check(loss, "d", step):
-                return out | {"skipped": torch.tensor(1.0)}
+            if not self.guard.check(loss, "d", step):  # agreed by every rank
+                out["grad_norm/d"] = self.guard.nan  # dropped: every key still filled
+                break
             out["grad_norm/d"] = rt.step("d")
+            if self.shared_fake:  # only after D's update went through: a skipped one redraws for G
+                self._fake = (fake, fake_labels)
         out["loss/d"] = loss.detach()
         out["loss/d_class"] = cls.detach()
-        out["d/real"] = self._d_prob(real_logits)
-        out["d/fake"] = self._d_prob(fake_logits)
-        for name, acc in zip(self.attributes, losses.class_accuracy(real_cls, real_labels), strict=False):
-            out[f"acc/real/{name}"] = acc
+        if self.logged(step):  # what only a metrics row reads
+            out["d/real"] = self._d_prob(real_logits)
+            out["d/fake"] = self._d_prob(fake_logits)
+            for name, acc in zip(self.attributes, losses.class_accuracy(real_cls, real_labels), strict=False):
+                out[f"acc/real/{name}"] = acc
         return out
 
     def g_phase(self, step: int) -> dict[str, torch.Tensor]:
-        cfg, rt, accum = self.cfg, self.rt, self.plan.grad_accum
+        cfg, rt, accum, aug = self.cfg, self.rt, self.plan.grad_accum, self.augment
         D = rt.module("d")  # plain D: no DDP reduction and no gradient kept for D in this phase
-        D.requires_grad_(False)
+        shared, self._fake = self._fake, None
+        for p in self._d_params:
+            p.requires_grad_(False)
         try:
             for micro in range(accum):
-                z, fake_labels = self.noise.draw(step, self.plan.batch_size, "g", micro)
+                if shared is None:
+                    z, fake_labels = self.noise.draw(step, self.plan.batch_size, "g", micro)
                 with rt.no_sync("g", enabled=micro < accum - 1), rt.autocast():
-                    fake = rt.G(z, fake_labels)
-                    fake_logits, fake_cls = D(fake, fake_labels)
+                    # shared: the D phase's G forward (D's graph is new: the D step changed D in place)
+                    fake, fake_labels = shared if shared is not None else (rt.G(z, fake_labels), fake_labels)
+                    fake_logits, fake_cls = D(aug(fake), fake_labels)
                     adv = losses.g_adversarial_loss(cfg.loss.adversarial, fake_logits)
                     cls = cfg.loss.class_weight * losses.class_loss(fake_cls, fake_labels)
                     loss = adv + cls
                     rt.backward(loss / accum, "g")
         finally:
-            D.requires_grad_(True)
+            for p in self._d_params:
+                p.requires_grad_(True)
         out = {"loss/g": loss.detach(), "loss/g_class": cls.detach()}
-        if not self.guard.check(loss, "g", step):
-            return out | {"skipped": torch.tensor(1.0)}
-        out["grad_norm/g"] = rt.step("g")
-        self.ema.update()
-        for name, acc in zip(self.attributes, losses.class_accuracy(fake_cls, fake_labels), strict=False):
-            out[f"acc/fake/{name}"] = acc
+        if self.guard.check(loss, "g", step):  # agreed by every rank
+            out["grad_norm/g"] = rt.step("g")
+            self.ema.update()
+        else:
+            out["grad_norm/g"] = self.guard.nan  # dropped: every key still filled
+        if self.logged(step):
+            for name, acc in zip(self.attributes, losses.class_accuracy(fake_cls, fake_labels), strict=False):
+                out[f"acc/fake/{name}"] = acc
         return out
+
+    def logged(self, step: int) -> bool:
+        """Is 0-based ``step``'s record written (what :meth:`run` logs: every log.every steps
+        and the last)? Metrics nothing else reads are computed on those steps only."""
+        tc, after = self.cfg.train, step + 1
+        return (
+            after % self.cfg.log.every == 0
+            or after == tc.max_steps
+            or 0 < tc.max_images - self.state.images_seen <= self.plan.images_per_step
+        )
 
     def _d_prob(self, logits: torch.Tensor) -> torch.Tensor:
         logits = logits.detach().float()
@@ -268,12 +332,19 @@ class Trainer:
     def step(self) -> dict[str, torch.Tensor]:
         """One training step: the D phase, the G phase (NaN checks inside), then the counters.
 
-        Returns the step's record (0-dim tensors, not read: no host sync). Raises
+        Returns the step's record (0-dim tensors, not read: no host sync), with the same keys
+        on every rank and every step (``skipped``: 1 when an update was dropped), except keys
+        only some steps compute, on all ranks alike: ``d/*`` and ``acc/*`` on logged steps
+        (:meth:`logged`), ``loss/penalty`` on lazy-penalty steps. Raises
         :class:`~ganscale.train.faults.Rollback` under faults.nan_policy=rollback.
         """
         step = self.state.step
+        self.guard.skipped = False
+        self.augment.start_step(step)
         record = self.d_phase(step)
         record |= self.g_phase(step)
+        record |= self.augment.end_step(step)  # ADA: p's adjustment (collective every ada_interval)
+        record["skipped"] = self.guard.one if self.guard.skipped else self.guard.zero
         self.state.step += 1
         self.state.images_seen += self.plan.images_per_step
         return record
@@ -282,9 +353,10 @@ class Trainer:
         cfg, state, report = self.cfg, self.state, self.report
         stop = StopSignal()
         stop.install()
-        report.start(state.step, state.images_seen, self.data_wait_s)
         stopped = False
         try:
+            self.batches.start(self.rt)  # every rank has data, or every rank stops
+            report.start(state.step, state.images_seen, self.data_wait_s)
             while not self.done():
                 try:
                     record = self.step()
@@ -318,11 +390,8 @@ class Trainer:
         )
 
     def stop_requested(self, stop: StopSignal, step: int) -> bool:
-        """Has any rank received a stop signal? (checked every SIGNAL_CHECK_EVERY steps)"""
-        if step % SIGNAL_CHECK_EVERY and self.rt.world_size > 1:
-            return False
-        t = torch.tensor([1.0 if stop.received is not None else 0.0], device=self.rt.device)
-        return bool(self.rt.all_reduce_mean(t).item() > 0)
+        """Has any rank received a stop signal? (agreed; see :meth:`StopSignal.agreed`)"""
+        return stop.agreed(self.rt, step, self.cfg.faults.check_every)
 
     # ------------------------------------------------------------------ checkpoints, faults
     def save(self) -> None:
@@ -335,28 +404,31 @@ class Trainer:
     def rollback(self, reason: str) -> None:
         """Reload the latest checkpoint with a lower lr, and read the data from there."""
         roll_back(reason, self.cfg.faults, self.state, self.checkpointer, self.metrics)
-        self._close_batches()
-        self.batches = iter(self._source)
-
-    def _close_batches(self) -> None:
-        # closing the batch generator shuts the DataLoader's worker processes down (otherwise
-        # a worker can outlive the trainer after a signal)
-        getattr(self.batches, "close", lambda: None)()
+        self.guard.reset()
+        self.batches.restart()
 
     def close(self) -> None:
         """Stop the data workers, close the metrics file, the tracker and the progress bar."""
         if self._closed:
             return
         self._closed = True
-        self._close_batches()
+        self.batches.close()
         self.report.close()
 
 
-def train(cfg: Config, run_dir: Path, resume: str | None = None) -> TrainResult:
-    """Train ``cfg`` into ``run_dir`` (created; the resolved config is saved there)."""
+def train(cfg: Config, run_dir: Path, resume: str | None = None, overwrite: bool = False) -> TrainResult:
+    """Train ``cfg`` into ``run_dir`` (created; the resolved config is saved there).
+
+    A folder that holds a run needs ``resume`` (continue it) or ``overwrite`` (remove its files
+    first); a resume into networks of other shapes is refused. Those refusals come before
+    anything is written (:mod:`ganscale.train.run_folder`), agreed by every rank.
+    """
     rt = build_runtime(cfg)
     try:
+        start = agree(rt, lambda: plan_start(cfg, run_dir, resume, overwrite))
         if rt.is_main:
+            if start.overwrite:
+                say(rt, clear_run(run_dir, start))
             run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, run_dir / "config.yaml")
         rt.barrier()
