@@ -142,6 +142,13 @@ class SlotNoise:
         phase = 1 if net == "d" else 0
         return slot_noise(step, phase, self.rank * self.accum + micro, batch).to(self.device), None
 
+    def generator(self, step: int, phase: int, critic: int = 0, micro: int = 0) -> torch.Generator:
+        """Other draws of the step (the penalty's mixing), keyed by the slot like the noise."""
+        slot = self.rank * self.accum + micro
+        return torch.Generator(device=self.device).manual_seed(
+            ((step * 16 + int(phase)) * 64 + critic) * 4096 + slot
+        )
+
 
 def _without_batchnorm(build):
     def wrapped(*args, **kwargs) -> nn.Module:

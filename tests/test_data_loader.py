@@ -3,6 +3,8 @@
 import io
 import json
 import shutil
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -394,3 +396,19 @@ def test_data_bench_prints_json(corpus, tiny_overrides, capsys):
     for k in ("images_per_s", "raw_decode_per_s", "augment_per_s", "needed_per_s", "flops_per_image"):
         assert row[k] > 0, k
     assert row["format"] == "png" and row["records"] == N and "loader" in lines[1]
+
+
+def test_a_script_left_with_running_workers_still_exits(corpus, tmp_path):
+    """Workers ignore SIGTERM (the trainer's to handle), so multiprocessing's exit handler could
+    not stop them: a script that leaves an iterator with workers open used to hang at exit."""
+    script = tmp_path / "left_open.py"
+    script.write_text(
+        "from ganscale.config import DataConfig\n"
+        "from ganscale.data.loader import build_loader\n"
+        f"cfg = DataConfig(source='shards', path={str(corpus)!r}, num_workers=1, pin_memory=False)\n"
+        "it = iter(build_loader(cfg, image_size=16, batch_size=8, seed=0, rank=0, world_size=1))\n"
+        "next(it)\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

@@ -13,7 +13,15 @@ from typing import Annotated
 import typer
 
 from ganscale.cli.argv import bare_resume, strip_launcher_args
-from ganscale.cli.options import ConfigArg, DeviceOpt, SetOpt, n_option, out_option, seed_option
+from ganscale.cli.options import (
+    ConfigArg,
+    DeviceOpt,
+    SetOpt,
+    n_option,
+    out_option,
+    seed_option,
+    truncation_option,
+)
 from ganscale.errors import GanscaleError
 
 app = typer.Typer(
@@ -105,11 +113,9 @@ def sample(
     device: DeviceOpt = None,
     truncation: Annotated[
         float | None,
-        typer.Option(
-            "--truncation",
-            metavar="PSI",
-            help="Truncation psi in (0, 1]: z is scaled by psi, pulling faces toward the average one "
-            "(less variety, fewer odd faces); 1 (default) = none.",
+        truncation_option(
+            "Truncation psi in (0, 1]: z is scaled by psi, pulling faces toward the average one "
+            "(less variety, fewer odd faces); 1 (default) = none."
         ),
     ] = None,
     labels: Annotated[

@@ -29,6 +29,11 @@ def seed_option(help: str) -> Any:
     return typer.Option("--seed", help=help)
 
 
+def truncation_option(help: str) -> Any:
+    """``--truncation PSI``: psi in (0, 1], z scaled by psi (validated where it is used)."""
+    return typer.Option("--truncation", metavar="PSI", help=help)
+
+
 def out_option(help: str) -> Any:
     """``--out``: where the command writes."""
     return typer.Option("--out", help=help)

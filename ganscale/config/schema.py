@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import ganscale.config.run_sections as run_sections
 import ganscale.config.sections as sections
 from ganscale.config.sections import check
 from ganscale.errors import ConfigError
@@ -25,12 +26,12 @@ class Config:
     loss: sections.LossConfig = field(default_factory=sections.LossConfig)
     optim: sections.OptimConfig = field(default_factory=sections.OptimConfig)
     train: sections.TrainConfig = field(default_factory=sections.TrainConfig)
-    data: sections.DataConfig = field(default_factory=sections.DataConfig)
-    checkpoint: sections.CheckpointConfig = field(default_factory=sections.CheckpointConfig)
-    log: sections.LogConfig = field(default_factory=sections.LogConfig)
-    deepspeed: sections.DeepSpeedConfig = field(default_factory=sections.DeepSpeedConfig)
-    faults: sections.FaultConfig = field(default_factory=sections.FaultConfig)
-    eval: sections.EvalConfig = field(default_factory=sections.EvalConfig)
+    data: run_sections.DataConfig = field(default_factory=run_sections.DataConfig)
+    checkpoint: run_sections.CheckpointConfig = field(default_factory=run_sections.CheckpointConfig)
+    log: run_sections.LogConfig = field(default_factory=run_sections.LogConfig)
+    deepspeed: run_sections.DeepSpeedConfig = field(default_factory=run_sections.DeepSpeedConfig)
+    faults: run_sections.FaultConfig = field(default_factory=run_sections.FaultConfig)
+    eval: run_sections.EvalConfig = field(default_factory=run_sections.EvalConfig)
     augment: sections.AugmentConfig = field(default_factory=sections.AugmentConfig)
 
     def __post_init__(self) -> None:

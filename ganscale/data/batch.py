@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -41,3 +41,37 @@ def to_float(b: LoaderBatch) -> torch.Tensor:
 def join(parts: list[np.ndarray]) -> np.ndarray:
     """One array of ``parts`` (the part itself when there is one: no copy)."""
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def take(
+    pending: list[list[Any]], consumed: dict[int, list[int]], n: int, workers: int, pin: bool
+) -> LoaderBatch:
+    """Cut ``n`` records off the front of ``pending`` ([pass, chunk, offset] entries) into one
+    batch, recording in ``consumed`` (per pass, per worker) the raw position after each."""
+    parts_img, parts_lab, parts_aug, keys = [], [], [], []
+    while n > 0:
+        p, ch, off = pending[0]
+        k = min(n, len(ch["keys"]) - off)
+        parts_img.append(ch["images"][off : off + k])
+        parts_lab.append(ch["labels"][off : off + k])
+        parts_aug.append(ch["aug"][off : off + k] if ch["aug"] is not None else None)
+        keys += ch["keys"][off : off + k]
+        consumed.setdefault(p, [0] * workers)[ch["worker"]] = ch["raw"][off + k - 1] + 1
+        n -= k
+        if off + k == len(ch["keys"]):
+            pending.pop(0)
+        else:
+            pending[0][2] = off + k
+    # HWC as decoded (never transposed image by image); a batch that is one whole chunk is
+    # that chunk's memory (chunks are never written again), else one copy
+    u8 = torch.from_numpy(join(parts_img))
+    labels = torch.from_numpy(join(parts_lab))
+    aug = None
+    if any(a is not None for a in parts_aug):
+        zeros = [np.zeros((len(p), 2), np.float32) for p in parts_lab]
+        aug = torch.from_numpy(
+            join([a if a is not None else z for a, z in zip(parts_aug, zeros, strict=True)])
+        )
+    if pin:
+        u8, labels = u8.pin_memory(), labels.pin_memory()
+    return LoaderBatch(u8.permute(0, 3, 1, 2), labels, aug, keys)

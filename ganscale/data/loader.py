@@ -38,27 +38,24 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from ganscale.config import DataConfig
-from ganscale.data.batch import LoaderBatch, join, to_float
+from ganscale.data.batch import LoaderBatch, take, to_float
 from ganscale.data.info import CorpusInfo
 from ganscale.data.memory import MemoryCorpus, check_fits, load_memory_corpus, memory_chunks
 from ganscale.data.resolve import resolve_corpus
-from ganscale.data.worker import PassDataset, PassSpec, ignore_stop_signals
+from ganscale.data.transport import PassRun
+from ganscale.data.worker import PassSpec
 from ganscale.errors import GanscaleError
 
 log = logging.getLogger("ganscale.data")
-
-
-def _as_is(chunk: dict[str, Any]) -> dict[str, Any]:
-    """DataLoader collate for worker chunks: keep numpy arrays as they are."""
-    return chunk
+PRESTART_S = 0.5
+"""With workers, the next epoch's are started when this one has about this many seconds left."""
 
 
 class ShardStream:
@@ -129,6 +126,7 @@ class ShardStream:
         self._workers_eff = max(1, num_workers)
         self._stats = {"corrupt_skipped": 0, "read_errors": 0, "records": 0, "padding_passes": 0}
         self._pos: dict[str, Any] = self._fresh(0)
+        self._ahead: dict[tuple[int, int, tuple[int, ...]], PassRun] = {}
         self.memory: MemoryCorpus | None = None
         if in_memory:
             check_fits(info, image_size, world_size, rank, resampled, in_memory_max_gb)
@@ -205,6 +203,7 @@ class ShardStream:
         if batch == self.batches_per_epoch:
             pos = self._fresh(epoch + 1)
         self._pos = pos
+        self._close_ahead()
 
     def stats(self) -> dict[str, int]:
         """Counters of this process (workers report theirs with each chunk)."""
@@ -230,29 +229,35 @@ class ShardStream:
             self.augment_on,
         )
 
-    def _chunks(self, epoch: int, pass_: int, skips: list[int]) -> Iterator[dict[str, Any]]:
+    def _chunks(self, epoch: int, pass_: int, skips: list[int]) -> Any:
+        """An iterator of the pass's chunks, with ``close()``."""
         spec = self._spec(epoch, pass_, skips)
         if self.memory is not None:  # the same chunks, from memory (virtual workers, same merge)
-            yield from memory_chunks(self.memory, spec, self._workers_eff)
-            return
-        ds = PassDataset(spec)
-        if self.num_workers == 0:
-            yield from ds
-            return
-        loader = DataLoader(
-            ds,
-            batch_size=None,
-            collate_fn=_as_is,
-            num_workers=self.num_workers,
-            prefetch_factor=4,
-            persistent_workers=False,
-            worker_init_fn=ignore_stop_signals,
-        )
-        it = iter(loader)
-        try:
-            yield from it
-        finally:
-            del it  # shuts the workers down when the epoch ends early
+            return memory_chunks(self.memory, spec, self._workers_eff)
+        ahead = self._ahead.pop((epoch, pass_, tuple(skips)), None)
+        for key in [k for k in self._ahead if k[:2] < (epoch, pass_)]:  # started, not needed
+            self._ahead.pop(key).close()
+        return ahead if ahead is not None else PassRun(spec, self.num_workers)
+
+    def _start_pass(self, epoch: int, pass_: int) -> None:
+        """Fork the workers of the next pass now, while this one's last batches are consumed:
+        starting workers costs ~0.1 s per pass (fork, first chunks), which a small corpus read
+        fast would pay every epoch (and again for a padding pass). They prefetch, then wait."""
+        key = (epoch, pass_, (0,) * self._workers_eff)
+        if key not in self._ahead:
+            self._ahead[key] = PassRun(self._spec(epoch, pass_, list(key[2])), self.num_workers)
+
+    def _prestart(self, epoch: int, pass_: int, batch: int, avail: int, read: int) -> None:
+        """Start what follows this pass: the next epoch, and a padding pass first if this pass
+        (``read`` of its ``rank_records`` so far) will not fill the epoch."""
+        need = (self.batches_per_epoch - batch) * self.batch_size - avail
+        if not self.resampled and self.rank_records - read < need:
+            self._start_pass(epoch, pass_ + 1)
+        self._start_pass(epoch + 1, 0)
+
+    def _close_ahead(self) -> None:
+        while self._ahead:
+            self._ahead.popitem()[1].close()
 
     def __iter__(self) -> Iterator[Any]:
         if self.output == "uint8":
@@ -270,10 +275,13 @@ class ShardStream:
         """The batches as read and decoded: :class:`LoaderBatch` (augmentation still to apply)."""
         pos = dict(self._pos)  # a new iterator continues where the last one (or load_state_dict) left off
         epoch = pos["epoch"]
-        while True:
-            yield from self._epoch(epoch, pos)
-            epoch += 1
-            pos = self._fresh(epoch)
+        try:
+            while True:
+                yield from self._epoch(epoch, pos)
+                epoch += 1
+                pos = self._fresh(epoch)
+        finally:
+            self._close_ahead()  # workers started for an epoch that will not be read
 
     def _epoch(self, epoch: int, start: dict[str, Any]) -> Iterator[LoaderBatch]:
         B = self.batch_size
@@ -284,6 +292,8 @@ class ShardStream:
         consumed: dict[int, list[int]] = {pass_: list(start["raw"])}
         self._pos = {"epoch": epoch, "batch": batch, "pass": pass_, "raw": list(start["raw"])}
         skips = list(start["raw"])
+        prestart = self.num_workers > 0 and self.memory is None
+        t0, b0 = time.perf_counter(), batch
         while batch < self.batches_per_epoch:
             got = 0
             consumed.setdefault(pass_, [0] * self._workers_eff)
@@ -301,7 +311,7 @@ class ShardStream:
                     pending.append([pass_, ch, 0])
                     avail += n
                     while avail >= B:
-                        out = self._take(pending, consumed, B)
+                        out = take(pending, consumed, B, self._workers_eff, self.pin_memory)
                         avail -= B
                         batch += 1
                         self._stats["records"] += B
@@ -318,6 +328,9 @@ class ShardStream:
                         yield out
                         if batch == self.batches_per_epoch:
                             return
+                        left_s = (self.batches_per_epoch - batch) * (time.perf_counter() - t0) / (batch - b0)
+                        if prestart and left_s <= PRESTART_S:
+                            self._prestart(epoch, pass_, batch, avail, got + sum(skips))
             finally:
                 chunks.close()
             if got == 0 and avail == 0:
@@ -328,36 +341,6 @@ class ShardStream:
                 )
             pass_ += 1
             skips = [0] * self._workers_eff
-
-    def _take(self, pending: list[list[Any]], consumed: dict[int, list[int]], n: int) -> LoaderBatch:
-        parts_img, parts_lab, parts_aug, keys = [], [], [], []
-        while n > 0:
-            p, ch, off = pending[0]
-            k = min(n, len(ch["keys"]) - off)
-            img = ch["images"]
-            parts_img.append((img.numpy() if isinstance(img, torch.Tensor) else img)[off : off + k])
-            parts_lab.append(ch["labels"][off : off + k])
-            parts_aug.append(ch["aug"][off : off + k] if ch["aug"] is not None else None)
-            keys += ch["keys"][off : off + k]
-            consumed.setdefault(p, [0] * self._workers_eff)[ch["worker"]] = ch["raw"][off + k - 1] + 1
-            n -= k
-            if off + k == len(ch["keys"]):
-                pending.pop(0)
-            else:
-                pending[0][2] = off + k
-        # HWC as decoded (never transposed image by image); a batch that is one whole chunk is
-        # that chunk's memory (chunks are never written again), else one copy
-        u8 = torch.from_numpy(join(parts_img))
-        labels = torch.from_numpy(join(parts_lab))
-        aug = None
-        if any(a is not None for a in parts_aug):
-            zeros = [np.zeros((len(p), 2), np.float32) for p in parts_lab]
-            aug = torch.from_numpy(
-                join([a if a is not None else z for a, z in zip(parts_aug, zeros, strict=True)])
-            )
-        if self.pin_memory:
-            u8, labels = u8.pin_memory(), labels.pin_memory()
-        return LoaderBatch(u8.permute(0, 3, 1, 2), labels, aug, keys)
 
 
 def build_loader(

@@ -5,10 +5,10 @@ one picklable :class:`PassSpec`. Each chunk carries the raw (post-shuffle, pre-d
 position of its records, so the main side can record exactly what was consumed.
 
 A chunk is a dict: ``images`` uint8 [n, H, W, 3] (HWC, as decoded: the batch is never
-transposed image by image; a tensor in shared memory when made in a worker process, so only a
-handle crosses the queue, else a numpy array), the rest small numpy arrays: ``labels`` int64
-[n, A], ``aug`` float32 [n, 2] (flip, angle in degrees) when augmentation is left to the
-training device, else None; ``keys``, ``raw``, ``worker`` and the ``corrupt`` / ``read_errors`` counters.
+transposed image by image; in a worker it stays in a shared slot, ``slot``, see
+:mod:`ganscale.data.transport`), ``labels`` int64 [n, A], ``aug`` float32 [n, 2] (flip, angle
+in degrees) when augmentation is left to the training device, else None; ``keys``, ``raw``,
+``worker`` and the ``corrupt`` / ``read_errors`` counters.
 
 Per record the worker reads (:mod:`ganscale.data.tarscan`), parses the json once, decodes (PNG,
 JPEG) or just copies (raw shards) the pixels into a preallocated chunk buffer, reads the labels
@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
@@ -126,30 +125,37 @@ class ChunkBuffer:
     """One chunk being filled: pixels straight into a preallocated uint8 array, the small
     per-record values into lists (one numpy conversion per chunk, not a setitem per record)."""
 
-    def __init__(self, spec: PassSpec, worker: int, shared: bool) -> None:
-        self.spec, self.worker, self.shared = spec, worker, shared
+    def __init__(self, spec: PassSpec, worker: int, ring: Any = None) -> None:
+        self.spec, self.worker, self.ring = spec, worker, ring
         self.corrupt, self.read_errors = 0, 0
         self._new()
 
     def _new(self) -> None:
-        s = self.spec
-        shape = (s.chunk, s.image_size, s.image_size, 3)
-        if self.shared:  # in a worker process: decode straight into shared memory
-            self._tensor = torch.empty(shape, dtype=torch.uint8).share_memory_()
-            self.images = self._tensor.numpy()
-        else:
-            self.images = np.empty(shape, np.uint8)
+        self.images: np.ndarray | None = None  # allocated with the chunk's first record
+        self.slot: int | None = None
         self.labels: list[list[int]] = []
-        self.aug: list[tuple[bool, float]] | None = [] if s.augment_on == "device" and s.augments else None
+        device = self.spec.augment_on == "device" and self.spec.augments
+        self.aug: list[tuple[bool, float]] | None = [] if device else None
         self.keys: list[str] = []
         self.raw: list[int] = []
 
+    def ensure(self) -> np.ndarray:
+        """The pixel buffer: a shared slot in a worker when one is free, else process memory."""
+        if self.images is None:
+            got = self.ring.acquire(self.worker) if self.ring is not None else None
+            if got is None:
+                s = self.spec
+                self.images = np.empty((s.chunk, s.image_size, s.image_size, 3), np.uint8)
+            else:
+                self.slot, self.images = got
+        return self.images
+
     def take(self) -> dict[str, Any]:
         n = len(self.keys)
+        images = self.ensure()
         out = {
-            # in a worker, a tensor in shared memory: only its handle crosses to the main process
-            # (pickling 0.8 MB of pixels through the queue cost the main process ~12 us per image)
-            "images": self._tensor[:n] if self.shared else self.images[:n],
+            "images": images[:n] if self.slot is None else None,  # else in shared slot `slot`
+            "slot": self.slot,
             "labels": np.array(self.labels, np.int64).reshape(n, len(self.spec.attributes)),
             "aug": None if self.aug is None else np.array(self.aug, np.float32).reshape(n, 2),
             "keys": self.keys,
@@ -169,6 +175,8 @@ class PassDataset(IterableDataset):
     def __init__(self, spec: PassSpec) -> None:
         self.spec = spec
         self.read_errors = 0
+        self.ring: Any = None
+        """A :class:`ganscale.data.transport.SlotRing` when run by forked workers."""
 
     def _on_read_error(self, exn: Exception) -> bool:
         self.read_errors += 1
@@ -185,19 +193,20 @@ class PassDataset(IterableDataset):
         labels_of = LabelReader(s.attributes)
         draw = ParamDraw(s.seed, s.epoch, s.pass_, s.hflip, s.rotate_degrees) if s.augments else None
         pil = s.augment_on == "loader"
-        buf = ChunkBuffer(s, worker, shared=info is not None)
+        buf = ChunkBuffer(s, worker, self.ring if info is not None else None)
         reported, size, chunk = 0, s.image_size, s.chunk
         for raw, record in enumerate(records):
             if raw < skip:
                 continue  # fast-forward: before decoding
             url, rkey = record.get("__url__", ""), record.get("__key__", "")
             n = len(buf.keys)
+            images = buf.images if n else buf.ensure()
             try:
                 meta = record_meta(record)
                 if pil and draw is not None:
-                    buf.images[n] = _pil_augmented(record, meta, size, draw(url, rkey))
+                    images[n] = _pil_augmented(record, meta, size, draw(url, rkey))
                 else:
-                    buf.images[n] = pixels(record, meta, size)
+                    images[n] = pixels(record, meta, size)
                 lab = labels_of(record, meta)
             except Exception as e:  # any decode failure is a corrupt record: skip, count
                 buf.corrupt += 1

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ganscale.cli.options import DeviceOpt, n_option, out_option, seed_option, size_option
+from ganscale.cli.options import DeviceOpt, n_option, out_option, seed_option, size_option, truncation_option
 from ganscale.evaluation.classifier import DEFAULT_EPOCHS, DEFAULT_MAX_IMAGES, DEFAULT_SIZE
 
 classifier_app = typer.Typer(no_args_is_help=True)
@@ -98,11 +98,9 @@ def eval_command(
     device: DeviceOpt = None,
     truncation: Annotated[
         float | None,
-        typer.Option(
-            "--truncation",
-            metavar="PSI",
-            help="Judge truncated samples: z scaled by psi in (0, 1] (as `ganscale sample "
-            "--truncation`); 1 (default) = none. Recorded in eval.json.",
+        truncation_option(
+            "Judge truncated samples: z scaled by psi in (0, 1] (as `ganscale sample "
+            "--truncation`); 1 (default) = none. Recorded in eval.json."
         ),
     ] = None,
 ) -> None:

@@ -98,16 +98,10 @@ def resolve_labels(
 
 
 def grid(images: np.ndarray, ncol: int | None = None, pad: int = 2) -> np.ndarray:
-    """uint8 [N, H, W, 3] -> one uint8 HWC grid on white, ``ncol`` per row (like images.make_grid)."""
-    n, h, w, c = images.shape
-    ncol = ncol or max(1, int(math.ceil(math.sqrt(n))))
-    nrow = int(math.ceil(n / ncol))
-    out = np.full((nrow * (h + pad) + pad, ncol * (w + pad) + pad, c), 255, dtype=np.uint8)
-    for i in range(n):
-        r, col = divmod(i, ncol)
-        y, x = pad + r * (h + pad), pad + col * (w + pad)
-        out[y : y + h, x : x + w] = images[i]
-    return out
+    """uint8 [N, H, W, 3] -> one uint8 HWC grid on white, ``ncol`` per row."""
+    from ganscale.outputs.images import tile
+
+    return tile(images, ncol, pad)
 
 
 def png_bytes(array: np.ndarray) -> bytes:
@@ -171,14 +165,9 @@ class Engine:
         with self._lock:
             return self.forward(z, labels, labels_to, t)
 
-    def images(
-        self,
-        z: np.ndarray,
-        labels: np.ndarray | None = None,
-        labels_to: np.ndarray | None = None,
-        t: np.ndarray | None = None,
-    ) -> np.ndarray:
-        return to_uint8_np(self.raw(z, labels, labels_to, t))
+    def images(self, z: np.ndarray, *labels_to_t: np.ndarray | None) -> np.ndarray:
+        """uint8 [B, S, S, 3]; the arguments of :meth:`raw`."""
+        return to_uint8_np(self.raw(z, *labels_to_t))
 
 
 class TorchEngine(Engine):

@@ -89,8 +89,9 @@ def eval_path(weights: Path) -> Path | None:
 def eval_summary(weights: Path) -> dict[str, Any] | None:
     """Overall and per-value numbers from eval.json: attribute accuracy (overall, joint, every
     combination equally often, and per colour: eval.json's ``acc_per_value``, measured with every
-    colour asked for equally often; older files: from the confusion counts), classifier-space FID/precision/recall with the real-vs-real
-    floor, and how they were measured (n images, seed, classifier)."""
+    colour asked for equally often; older files: from the confusion counts), classifier-space
+    FID/precision/recall with the real-vs-real floor, and how they were measured (n, seed,
+    classifier)."""
     path = eval_path(weights)
     data = _json(path) if path else None
     if not isinstance(data, dict):

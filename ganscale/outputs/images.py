@@ -28,18 +28,22 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return x.permute(0, 2, 3, 1).cpu().numpy()
 
 
-def make_grid(images: torch.Tensor, ncol: int | None = None, pad: int = 2) -> np.ndarray:
-    """Tile [N,3,H,W] images (in [-1,1]) into one uint8 HWC array, ``ncol`` per row."""
-    arr = to_uint8(images)
-    n, h, w, c = arr.shape
+def tile(images: np.ndarray, ncol: int | None = None, pad: int = 2) -> np.ndarray:
+    """uint8 [N, H, W, 3] -> one uint8 HWC grid on white, ``ncol`` per row (torch-free)."""
+    n, h, w, c = images.shape
     ncol = ncol or max(1, int(math.ceil(math.sqrt(n))))
     nrow = int(math.ceil(n / ncol))
     grid = np.full((nrow * (h + pad) + pad, ncol * (w + pad) + pad, c), 255, dtype=np.uint8)
     for i in range(n):
         r, col = divmod(i, ncol)
         y, x = pad + r * (h + pad), pad + col * (w + pad)
-        grid[y : y + h, x : x + w] = arr[i]
+        grid[y : y + h, x : x + w] = images[i]
     return grid
+
+
+def make_grid(images: torch.Tensor, ncol: int | None = None, pad: int = 2) -> np.ndarray:
+    """Tile [N,3,H,W] images (in [-1,1]) into one uint8 HWC array, ``ncol`` per row."""
+    return tile(to_uint8(images), ncol, pad)
 
 
 def upscale(images: np.ndarray, min_cell: int) -> np.ndarray:
@@ -73,9 +77,7 @@ def labelled_grid(
     built-in font (works offline), sized to the cells."""
     from PIL import ImageDraw
 
-    from ganscale.outputs.engines import grid
-
-    body = grid(images, ncol=ncol, pad=pad)
+    body = tile(images, ncol=ncol, pad=pad)
     if not row_labels and not caption:
         return body
     h = images.shape[1]

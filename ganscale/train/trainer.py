@@ -17,10 +17,8 @@ bit-exactly.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Protocol
 
 import torch
 
@@ -50,6 +48,7 @@ from ganscale.train.noise import NoisePhase, NoiseSource, check_plan, step_gener
 from ganscale.train.reporting import STUDY_CONDITIONS, RunLog, build_outputs, say
 from ganscale.train.run_folder import RunMetrics, clear_run, drop_after_resume, plan_start
 from ganscale.train.state import Checkpointer, TrainState
+from ganscale.train.types import Batch, BatchStream, TrainResult
 
 __all__ = [
     "SIGNAL_CHECK_EVERY",
@@ -62,30 +61,6 @@ __all__ = [
     "step_generator",
     "train",
 ]
-
-Batch = tuple[torch.Tensor, torch.Tensor]
-
-
-class BatchStream(Protocol):
-    """What the trainer needs of its data (:func:`ganscale.data.loader.build_loader` gives one)."""
-
-    info: Any
-
-    def __iter__(self) -> Iterator[Batch]: ...
-
-    def stats(self) -> dict[str, int]: ...
-
-    def state_dict(self) -> dict[str, Any]: ...
-
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
-
-
-@dataclass
-class TrainResult:
-    run_dir: Path
-    step: int
-    images_seen: int
-    stopped_by_signal: bool = False
 
 
 class Trainer:
