@@ -7,8 +7,14 @@ In pipeline order:
 - :mod:`ganscale.data.sources`: folder / pattern / URLs -> checked shard URLs, and the one
   reader of shard records (:func:`~ganscale.data.sources.iter_records`).
 - :mod:`ganscale.data.info`: corpus facts (attributes, record count, image size).
-- :mod:`ganscale.data.decode`: one record -> image and labels, and the augmentation.
-- :mod:`ganscale.data.worker` and :mod:`ganscale.data.loader`: the resumable per-rank stream.
+- :mod:`ganscale.data.decode`: one record -> image and labels, and the augmentation parameters.
+- :mod:`ganscale.data.tarscan`: the fast reader of local shards (the records WebDataset reads).
+- :mod:`ganscale.data.worker`, :mod:`ganscale.data.transport` and :mod:`ganscale.data.loader`:
+  the resumable per-rank stream (uint8 batches; :mod:`ganscale.data.batch`);
+  :mod:`ganscale.data.memory`: the same stream from memory (``data.in_memory``).
+- :mod:`ganscale.data.bench`: ``ganscale data bench``.
+
+The flip/rotation is applied on the training device: :mod:`ganscale.augment`.
 
 A *record* is one stored corpus image with its labels; "sample" means a generated image.
 Building corpora (synth, pack, inspect) is the offline tool, :mod:`ganscale.corpus`.
