@@ -203,3 +203,23 @@ def has_deepspeed() -> bool:
 
 
 CUDA = torch.cuda.is_available()
+
+
+def need_slurm() -> None:
+    """Skip without a running Slurm cluster; under CI=true (where .ci/run starts one) fail."""
+    import shutil
+
+    import pytest
+
+    up = False
+    if shutil.which("sbatch") and shutil.which("scontrol"):
+        try:
+            p = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=10)
+            up = "UP" in p.stdout
+        except (OSError, subprocess.TimeoutExpired):
+            up = False
+    if up:
+        return
+    if os.environ.get("CI") == "true":  # CI starts the cluster: its absence is a failure there
+        pytest.fail("no Slurm cluster up under CI=true (.ci/run starts one: ../shared/slurm/up.sh)")
+    pytest.skip("no Slurm cluster up (.ci/run starts one: ../shared/slurm/up.sh)")

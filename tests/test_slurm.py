@@ -9,35 +9,21 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from distlib import REPO, env, metrics
+from distlib import REPO, env, metrics, need_slurm
 
 pytestmark = [pytest.mark.slurm, pytest.mark.distributed]
 SBATCH = REPO / "launch" / "slurm" / "train.sbatch"
 
 
-def _cluster_up() -> bool:
-    if not shutil.which("sbatch") or not shutil.which("scontrol"):
-        return False
-    try:
-        p = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return "UP" in p.stdout
-
-
 @pytest.fixture(scope="module", autouse=True)
 def _need_slurm():
-    if not _cluster_up():
-        if os.environ.get("CI") == "true":  # CI starts the cluster: its absence is a failure there
-            pytest.fail("no Slurm cluster up under CI=true (.ci/run starts one: ../shared/slurm/up.sh)")
-        pytest.skip("no Slurm cluster up (.ci/run starts one: ../shared/slurm/up.sh)")
+    need_slurm()
 
 
 def submit(folder: Path, cache: Path, *sets: str) -> str:

@@ -8,7 +8,6 @@ break one cell (resumed) and report it.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from distlib import REPO, run
+from distlib import REPO, need_slurm, run
 
 from ganscale.config import load_config
 from ganscale.errors import ConfigError
@@ -193,16 +192,6 @@ def test_report_groups_cells_over_seeds(sweep, tmp_path):
 
 
 # ------------------------------------------------------------------ Slurm job array
-def _cluster_up() -> bool:
-    if not shutil.which("sbatch") or not shutil.which("scontrol"):
-        return False
-    try:
-        p = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return "UP" in p.stdout
-
-
 def _array_states(job_id: str) -> list[str]:
     out = subprocess.run(
         ["scontrol", "show", "job", job_id], capture_output=True, text=True, timeout=10
@@ -213,10 +202,7 @@ def _array_states(job_id: str) -> list[str]:
 @pytest.mark.slow
 @pytest.mark.slurm
 def test_sweep_as_a_slurm_job_array(tmp_path, corpus_cache):
-    if not _cluster_up():
-        if os.environ.get("CI") == "true":  # CI starts the cluster: its absence is a failure there
-            pytest.fail("no Slurm cluster up under CI=true (.ci/run starts one: ../shared/slurm/up.sh)")
-        pytest.skip("no Slurm cluster up (.ci/run starts one: ../shared/slurm/up.sh)")
+    need_slurm()
     out = tmp_path / "out"
     spec = write_spec(tmp_path, corpus_cache, out)
     cmd = [*SWEEP, spec, "--slurm", f"--sbatch-arg=--chdir={REPO}"]
