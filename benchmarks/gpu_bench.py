@@ -119,14 +119,15 @@ def section_models(args: argparse.Namespace) -> list[str]:
 
 
 def loader_rate(workers: int, args: argparse.Namespace) -> float:
-    """img/s of the real loader alone (decode + augment + batch) at 64 px, batch 64."""
+    """img/s of the real loader alone at 64 px, batch 64, as the trainer asks for it (read,
+    decode, batch into uint8; the flip/rotation run on the training device, not here)."""
     from ganscale.config import DataConfig
     from ganscale.data.loader import build_loader
 
     cfg = DataConfig(
         source="synthetic", cache_dir=str(args.cache_dir), synthetic_n=args.synthetic_n, num_workers=workers
     )
-    stream = build_loader(cfg, image_size=64, batch_size=64, seed=0, rank=0, world_size=1)
+    stream = build_loader(cfg, image_size=64, batch_size=64, seed=0, rank=0, world_size=1, output="uint8")
     it = iter(stream)
     for _ in range(3):  # worker start-up is not throughput
         next(it)

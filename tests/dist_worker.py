@@ -77,7 +77,7 @@ def make_cfg(backend: str, stage: int, batch: int, accum: int, precision: str = 
                 "channels_last": False,
             },
             "optim": {"g_lr": 1e-3, "d_lr": 1e-3},
-            "log": {"tracker": "none", "progress": False, "sample_every": 0},
+            "log": {"tracker": "none", "progress": False, "sample_every": 0, "every": 1},
             "checkpoint": {"every": 0},
             "eval": {"every": 0},
         }

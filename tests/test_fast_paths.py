@@ -21,7 +21,7 @@ STEPS = 4
 
 
 def _trajectory(tiny_overrides, extra):
-    plain = ["optim.impl=foreach", "train.channels_last=false", "train.mixed_precision=no"]
+    plain = ["optim.impl=foreach", "train.channels_last=false", "train.mixed_precision=no", "log.every=1"]
     cfg = load_config(TINY, [*tiny_overrides, *plain, *extra])
     bench = Bench(cfg, BenchOptions())
     try:

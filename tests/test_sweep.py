@@ -20,12 +20,21 @@ import yaml
 from distlib import REPO, need_slurm, run
 
 from ganscale.config import load_config
+from ganscale.data.resolve import corpus_folder
 from ganscale.errors import ConfigError
 from ganscale.sweep.spec import load_spec, parse_spec
 
 CELLS = ["loss.class_weight=1", "loss.class_weight=5"]
 FOLDERS = [f"{c}/seed-{s}" for c in CELLS for s in (0, 1)]
 SWEEP = [sys.executable, "-m", "ganscale", "sweep"]
+
+
+def write_judge(folder: Path, cache: Path) -> Path:
+    cfg = yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text())
+    cfg.setdefault("data", {})["cache_dir"] = str(cache)
+    path = folder / "judge.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
 
 
 def write_spec(folder: Path, cache: Path, out: Path) -> Path:
@@ -40,7 +49,8 @@ def write_spec(folder: Path, cache: Path, out: Path) -> Path:
         ],
         "grid": {"loss.class_weight": [1, 5]},
         "seeds": [0, 1],
-        "eval": {"n": 16},
+        # judged against the corpus of a config (here the same corpus, named through a config)
+        "eval": {"n": 16, "corpus": str(write_judge(folder, cache))},
     }
     path = folder / "spec.yaml"
     path.write_text(yaml.safe_dump(spec))
@@ -75,7 +85,7 @@ def test_shipped_specs_load_and_every_cell_config_is_valid():
     assert "loss.class_weight=5,model.arch=resnet,model.g_blocks=4,model.head=projection" in names
     grid = ["model.arch=dcgan", "loss.class_weight=1,5"]
     subset = load_spec(REPO / "configs/sweeps/lambda.yaml", grid=grid)
-    assert len(subset.cells()) == 2 * 4
+    assert len(subset.cells()) == 2 * 4 * 3  # x seeds 0, 1, 2
 
 
 def test_cell_names_are_sorted_by_key_and_deterministic(tmp_path):
@@ -98,6 +108,8 @@ def test_cell_names_are_sorted_by_key_and_deterministic(tmp_path):
         ({"base": "B", "seeds": [0, 0]}, "repeat"),
         ({"base": "B", "grid": {"a.b": []}}, "non-empty list"),
         ({"base": "B", "eval": {"n": 4}}, "at least 16"),
+        ({"base": "B", "eval": {"n": 16, "corpus": "no/such"}}, "eval.corpus no/such not found"),
+        ({"base": "B", "eval": {"n": 16, "judge": "x"}}, "eval must be a mapping"),
         ({"base": "B", "grid": {"x": [{"a": 1}, {"a": 1}]}}, "same cell"),
     ],
 )
@@ -110,16 +122,19 @@ def test_bad_specs_are_one_line_errors(data, message):
 # ------------------------------------------------------------------ local sweep (real runs)
 @pytest.mark.slow
 def test_local_sweep_trains_and_evaluates_every_cell(sweep):
-    _, out, log = sweep
+    spec, out, log = sweep
+    cfg_judge = load_config(spec.parent / "judge.yaml")
     for folder in FOLDERS:
         run_dir = out / folder
         result = json.loads((run_dir / "eval.json").read_text())
         assert result["n"] == 16
+        assert Path(result["corpus"]) == corpus_folder(cfg_judge.data, cfg_judge.model.image_size)
         assert (run_dir / "checkpoints" / "step-0000003" / "state.json").is_file()
         cfg = load_config(run_dir / "config.yaml")
         assert cfg.seed == int(folder[-1]) and cfg.loss.class_weight == float(folder.split("=")[1][0])
         assert json.loads((run_dir / "sweep-cell.json").read_text())["stopped_by_budget"] is False
     assert log.count("-m ganscale train ") == 4 and "4 evaluated" in log
+    assert log.count(f"--corpus {spec.parent / 'judge.yaml'}") == 4
     manifest = json.loads((out / "sweep.json").read_text())
     assert [c["folder"] for c in manifest["cells"]] == FOLDERS
 

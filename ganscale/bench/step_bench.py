@@ -107,6 +107,7 @@ class Bench:
             seed=cfg.seed,
             rank=rt.rank,
             world_size=rt.world_size,
+            output="uint8",  # what the trainer asks for: decode only, augmentation on the device
         )
         batches = None
         if opts.data == DataKind.synthetic:

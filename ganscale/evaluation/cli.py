@@ -84,7 +84,11 @@ def eval_command(
     ] = None,
     corpus: Annotated[
         Path | None,
-        typer.Option("--corpus", help="Corpus folder (default: the one in RUN/config.yaml)."),
+        typer.Option(
+            "--corpus",
+            help="Corpus folder, or a config whose corpus to use, e.g. configs/quickstart.yaml "
+            "(default: the one in RUN/config.yaml).",
+        ),
     ] = None,
     inception: Annotated[
         str | None,
@@ -115,7 +119,7 @@ def eval_command(
         n=n,
         out=target,
         device=device,
-        corpus=corpus,
+        corpus=resolve_corpus_arg(corpus) if corpus is not None else None,
         inception=inception,
         seed=seed,
         log=typer.echo,

@@ -137,16 +137,17 @@ class Runtime:
     def backward(self, loss: torch.Tensor, net: str) -> None:
         self.scalers[net].scale(loss).backward()
 
-    def step(self, net: str) -> torch.Tensor:
-        """Unscale, measure the gradient norm, step and zero one network's optimizer.
-
-        Returns the total gradient norm as a 0-dim tensor (no host sync).
-        """
+    def step(self, net: str, measure: bool = True) -> torch.Tensor | None:
+        """Unscale, step and zero one network's optimizer; with ``measure``, first the total
+        gradient norm, returned as a 0-dim tensor (no host sync), else None (a pass over every
+        gradient saved on the steps no metrics row reads)."""
         opt, scaler = self.opt[net], self.scalers[net]
         inner = getattr(opt, "optimizer", opt)
         scaler.unscale_(inner)
-        params = [p for g in inner.param_groups for p in g["params"] if p.grad is not None]
-        norm = torch.nn.utils.get_total_norm([p.grad for p in params]) if params else torch.zeros(())
+        norm = None
+        if measure:
+            grads = [p.grad for g in inner.param_groups for p in g["params"] if p.grad is not None]
+            norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
         scaler.step(inner)
         scaler.update()
         inner.zero_grad(set_to_none=True)

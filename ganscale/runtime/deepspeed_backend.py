@@ -261,9 +261,10 @@ class DeepSpeedRuntime(Runtime):
         engine.backward(loss, scale_wrt_gas=False)
         self._at_boundary[net] = bool(engine.is_gradient_accumulation_boundary())
 
-    def step(self, net: str) -> torch.Tensor:
-        """One optimizer step of ``net`` (after the boundary micro-step's backward); returns the
-        gradient norm DeepSpeed measured (or, for stage 0, the norm of the reduced grads)."""
+    def step(self, net: str, measure: bool = True) -> torch.Tensor | None:
+        """One optimizer step of ``net`` (after the boundary micro-step's backward); with
+        ``measure``, returns the gradient norm DeepSpeed measured (or, for stage 0, the norm of
+        the reduced grads), else None."""
         engine = self.engines[net]
         if not self._at_boundary[net]:
             raise GanscaleError(
@@ -273,10 +274,12 @@ class DeepSpeedRuntime(Runtime):
         self._at_boundary[net] = False
         scale = self.loss_scale(net)  # fp16: gradients (and DeepSpeed's norm) are still scaled
         norm = None
-        if not engine.zero_optimization():
+        if measure and not engine.zero_optimization():
             grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
             norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
         engine.step()
+        if not measure:
+            return None
         if norm is None:
             value = engine.get_global_grad_norm()
             norm = torch.tensor(float(value) if value is not None else float("nan"))

@@ -199,6 +199,8 @@ def run_cell(
     if spec.eval_n is None:
         return "trained"
     cmd = [sys.executable, "-m", "ganscale", "eval", str(run), "--n", str(spec.eval_n)]
+    if spec.eval_corpus is not None:
+        cmd += ["--corpus", str(spec.eval_corpus)]
     log("$ " + " ".join(cmd))
     code, _ = run_child(cmd, fwd)
     if code != 0:

@@ -10,6 +10,8 @@
         - {model.arch: resnet, model.g_blocks: 4}   # a value that sets several keys
     seeds: [0, 1]                        # `--set seed=S`, one folder per seed (default [0])
     eval: {n: 1000}                      # run `ganscale eval RUN --n 1000` after training
+    # eval: {n: 2000, corpus: configs/quickstart.yaml}   # judged against another corpus
+    #                                    # (a corpus folder or a config whose corpus to use)
     minutes: 15                          # optional wall-clock budget per cell (SIGTERM, then done)
 
 A cell's folder is ``OUT/<k=v,...>/seed-S``: the grid point's overrides sorted by key, so
@@ -79,6 +81,8 @@ class SweepSpec:
     eval_n: int | None = None
     minutes: float | None = None
     source: Path | None = None
+    eval_corpus: Path | None = None
+    """``--corpus`` of every evaluation (a corpus folder or a config); None: the run's own."""
 
     def cells(self) -> list[Cell]:
         """Every (grid point, seed), in spec order: the first axis varies slowest."""
@@ -165,14 +169,19 @@ def parse_spec(data: dict[str, Any], source: Path | None = None) -> SweepSpec:
         raise ConfigError(f"{where}: seeds must be a non-empty list of integers, got {seeds!r}")
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"{where}: seeds {seeds} repeat a seed")
-    eval_n = None
+    eval_n, eval_corpus = None, None
     if data.get("eval") is not None:
         ev = data["eval"]
-        if not isinstance(ev, dict) or set(ev) - {"n"} or type(ev.get("n", 0)) is not int:
-            raise ConfigError(f"{where}: eval must be a mapping {{n: IMAGES}}, got {ev!r}")
+        if not isinstance(ev, dict) or set(ev) - {"n", "corpus"} or type(ev.get("n", 0)) is not int:
+            raise ConfigError(f"{where}: eval must be a mapping {{n: IMAGES, corpus: PATH}}, got {ev!r}")
         eval_n = int(ev.get("n", 10000))
         if eval_n < 16:
             raise ConfigError(f"{where}: eval.n {eval_n}: use at least 16 images")
+        if ev.get("corpus") is not None:
+            eval_corpus = _path(ev["corpus"], "eval.corpus", where)
+            if not eval_corpus.exists():
+                raise ConfigError(f"{where}: eval.corpus {eval_corpus} not found (a corpus folder or config)")
+            eval_corpus = eval_corpus.resolve()
     minutes = data.get("minutes")
     if minutes is not None and (isinstance(minutes, bool) or not isinstance(minutes, (int, float))):
         raise ConfigError(f"{where}: minutes must be a number, got {minutes!r}")
@@ -187,6 +196,7 @@ def parse_spec(data: dict[str, Any], source: Path | None = None) -> SweepSpec:
         eval_n,
         minutes,
         source.resolve() if source else None,
+        eval_corpus,
     )
     spec.cells()  # name clashes are an error now, not halfway through
     return spec
@@ -242,6 +252,7 @@ def read_manifest(path: Path) -> tuple[SweepSpec, list[Cell]]:
         eval_n=s["eval_n"],
         minutes=s["minutes"],
         source=Path(s["source"]) if s["source"] else None,
+        eval_corpus=Path(s["eval_corpus"]) if s.get("eval_corpus") else None,
     )
     cells = [Cell(c["name"], c["seed"], tuple(c["overrides"])) for c in body["cells"]]
     return spec, cells

@@ -245,7 +245,9 @@ class Trainer:
             if not self.guard.check(loss, "d", step):  # agreed by every rank
                 out["grad_norm/d"] = self.guard.nan  # dropped: every key still filled
                 break
-            out["grad_norm/d"] = rt.step("d")
+            norm = rt.step("d", measure=self.logged(step))  # only where a metrics row reads it
+            if norm is not None:
+                out["grad_norm/d"] = norm
             if self.shared_fake:  # only after D's update went through: a skipped one redraws for G
                 self._fake = (fake, fake_labels)
         out["loss/d"] = loss.detach()
@@ -280,7 +282,9 @@ class Trainer:
                 p.requires_grad_(True)
         out = {"loss/g": loss.detach(), "loss/g_class": cls.detach()}
         if self.guard.check(loss, "g", step):  # agreed by every rank
-            out["grad_norm/g"] = rt.step("g")
+            norm = rt.step("g", measure=self.logged(step))
+            if norm is not None:
+                out["grad_norm/g"] = norm
             self.ema.update()
         else:
             out["grad_norm/g"] = self.guard.nan  # dropped: every key still filled
@@ -309,8 +313,9 @@ class Trainer:
 
         Returns the step's record (0-dim tensors, not read: no host sync), with the same keys
         on every rank and every step (``skipped``: 1 when an update was dropped), except keys
-        only some steps compute, on all ranks alike: ``d/*`` and ``acc/*`` on logged steps
-        (:meth:`logged`), ``loss/penalty`` on lazy-penalty steps. Raises
+        only some steps compute, on all ranks alike: ``d/*``, ``acc/*`` and ``grad_norm/*`` on
+        logged steps (:meth:`logged`; NaN on any step whose update was dropped),
+        ``loss/penalty`` on lazy-penalty steps. Raises
         :class:`~ganscale.train.faults.Rollback` under faults.nan_policy=rollback.
         """
         step = self.state.step
