@@ -185,6 +185,8 @@ def test_report_groups_cells_over_seeds(sweep, tmp_path):
     assert (out / "report.png").stat().st_size > 1000
     header = md.splitlines()[0]
     assert "accuracy.hair" in header and "accuracy.joint" in header and "fid_classifier" in header
+    assert "acc_uniform.eyes" in header and "acc_per_value" not in header  # headline columns only
+    assert re.search(r"^\| hair\.\w+ \| \d+\.\d% ", md, re.M)  # the per-colour table, in percent
     for cell in CELLS:
         assert cell in p.stdout
         evals = [json.loads((out / cell / f"seed-{s}" / "eval.json").read_text()) for s in (0, 1)]
@@ -204,6 +206,10 @@ def test_report_groups_cells_over_seeds(sweep, tmp_path):
     )
     lines = target.read_text().splitlines()
     assert lines[2].startswith(f"| {CELLS[0]} | 2 |") and not any(CELLS[1] in x for x in lines)
+    # --all: every number of eval.json is a column, the per-colour table is not repeated
+    run([sys.executable, "-m", "ganscale", "report", out, "--all", "--out", target], timeout=120)
+    every = target.read_text()
+    assert "acc_per_value_n.hair." in every.splitlines()[0] and "per attribute value" not in every
 
 
 # ------------------------------------------------------------------ Slurm job array

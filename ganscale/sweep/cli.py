@@ -76,11 +76,15 @@ def report_command(
         Path | None,
         out_option("Markdown file (default report.md in the one folder given, else here); PNG beside."),
     ] = None,
+    every_column: Annotated[
+        bool,
+        typer.Option("--all", help="Every metric of eval.json as a column (default: the headline ones)."),
+    ] = False,
 ) -> None:
     """Table of the runs' eval.json grouped by cell: mean (min..max) over seeds, + Markdown and a plot."""
     from ganscale.sweep.report import report
 
-    md, png = report(runs, out)
+    md, png = report(runs, out, every_column=every_column)
     typer.echo(f"wrote {md}, {png}")
 
 

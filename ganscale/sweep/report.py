@@ -6,10 +6,12 @@ cell (RUN/sweep-cell.json or the manifest), else the folder above ``seed-N``, el
 
 Every number in eval.json is a metric except the reference and bookkeeping fields
 (:data:`NOT_METRICS`), so keys added to eval.json later (per-colour accuracy, accuracy
-under uniform conditions...) appear as columns without a change here. Nested keys are
-dotted: ``accuracy.hair``, ``accuracy_by_value.hair.red``. The "real images" row holds the
-real-data references (classifier accuracy on real images, real-vs-real FID...) under the
-same column names.
+under uniform conditions...) are columns without a change here. Nested keys are dotted:
+``accuracy.hair``, ``acc_per_value.hair.red``. The printed table and report.md show the
+headline columns (:func:`headline`: accuracy drawn as in the corpus and uniform, FID, KID,
+precision, recall; per-colour accuracy as a second table, one row per colour); ``--all``
+shows every column. The "real images" row holds the real-data references (classifier
+accuracy on real images, real-vs-real FID...) under the same column names.
 """
 
 from __future__ import annotations
@@ -125,11 +127,36 @@ def collect(paths: list[Path]) -> tuple[list[Group], dict[str, float], list[str]
     return list(groups.values()), reference, list(columns)
 
 
+def is_accuracy(key: str) -> bool:
+    return key.startswith(("accuracy", "acc_uniform", "acc_per_value.")) and not key.endswith("_std")
+
+
 def fmt(key: str, value: float) -> str:
     """Accuracies as percentages (1 decimal), everything else with 4 significant digits."""
-    if key.startswith("accuracy"):
+    if is_accuracy(key):
         return f"{value * 100:.1f}%"
     return f"{value:.4g}"
+
+
+def headline(columns: list[str]) -> list[str]:
+    """The columns a reader compares first: accuracy.X and acc_uniform.X, then the top-level
+    metrics (FID, KID, precision, recall; no *_std, no truncation_psi)."""
+    acc = [c for c in columns if c.count(".") == 1 and c.startswith(("accuracy.", "acc_uniform."))]
+    top = [c for c in columns if "." not in c and not c.endswith("_std") and c != "truncation_psi"]
+    return acc + top
+
+
+def per_value_rows(groups: list[Group]) -> list[list[str]]:
+    """Per-colour accuracy (acc_per_value.ATTR.VALUE): one row per attribute value, one column
+    per cell; empty when no run has it."""
+    keys: dict[str, None] = {}
+    for g in groups:
+        keys |= dict.fromkeys(k for k in g.metrics if k.startswith("acc_per_value.") and k.count(".") == 2)
+    if not keys:
+        return []
+    out = [["attribute value", *(g.name for g in groups)]]
+    out += [[k.removeprefix("acc_per_value."), *(cell_text(g, k) for g in groups)] for k in keys]
+    return out
 
 
 def cell_text(group: Group, key: str) -> str:
@@ -203,21 +230,29 @@ def print_table(table: list[list[str]], title: str) -> None:
         t.add_column(h, overflow="fold", no_wrap=i == 0)
     for r in table[1:]:
         t.add_row(*r)
-    Console(width=max(120, 16 * len(table[0]))).print(t)
+    Console(width=min(240, max(120, 18 * len(table[0])))).print(t)
 
 
-def report(paths: list[Path], out: Path | None = None, show: bool = True) -> tuple[Path, Path]:
+def report(
+    paths: list[Path], out: Path | None = None, show: bool = True, every_column: bool = False
+) -> tuple[Path, Path]:
     """Print the table, write it as Markdown (``out``, default report.md in the one folder
-    given, else in the current folder) and the plot beside it; (markdown, png)."""
+    given, else in the current folder) and the plot beside it; (markdown, png). Headline
+    columns and a per-colour table, or every metric column with ``every_column``."""
     groups, reference, columns = collect(paths)
-    table = rows(groups, reference, columns)
+    shown = columns if every_column else (headline(columns) or columns)
+    table = rows(groups, reference, shown)
+    colours = [] if every_column else per_value_rows(groups)
     if out is None:
         out = (paths[0] if len(paths) == 1 and paths[0].is_dir() else Path(".")) / "report.md"
     runs = sum(len(g.runs) for g in groups)
     note = f"\n{runs} run(s) in {len(groups)} cell(s); mean (min..max) over seeds.\n"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(markdown(table) + note)
+    extra = f"\nAccuracy per attribute value (uniform conditions):\n\n{markdown(colours)}" if colours else ""
+    out.write_text(markdown(table) + note + extra)
     png = plot(groups, columns, out.with_suffix(".png"))
     if show:
         print_table(table, f"{runs} run(s), {len(groups)} cell(s)")
+        if colours:
+            print_table(colours, "accuracy per attribute value (uniform conditions)")
     return out, png
