@@ -128,3 +128,28 @@ def test_check_every_rolls_back_past_the_nan(tmp_path, tiny_overrides):
 def test_check_every_refuses_unsafe_settings(tiny_overrides, overrides):
     with pytest.raises(ConfigError, match="check_every"):
         load_config(TINY, [*tiny_overrides, "faults.check_every=2", "checkpoint.every=2", *overrides])
+
+
+def test_gradient_norms_only_on_logged_steps_and_the_same_trajectory(tiny_overrides):
+    """The norms (a pass over every gradient) are computed on the steps a metrics row reads;
+    skipping them elsewhere changes nothing else (every step still updates both networks)."""
+    plain = ["optim.impl=foreach", "train.channels_last=false", "train.mixed_precision=no"]
+    runs = {}
+    for every in (1, 3):
+        cfg = load_config(TINY, [*tiny_overrides, *plain, f"log.every={every}", "train.max_steps=6"])
+        bench = Bench(cfg, BenchOptions())
+        try:
+            records = [bench.trainer.step() for _ in range(6)]
+            weights = [p.detach().clone() for p in bench.trainer.rt.module("g").parameters()]
+        finally:
+            bench.close()
+        runs[every] = (records, weights)
+    every_step, sparse = runs[1][0], runs[3][0]
+    assert [("grad_norm/d" in r, "grad_norm/g" in r) for r in sparse] == [(s % 3 == 2,) * 2 for s in range(6)]
+    assert all("grad_norm/d" in r and float(r["grad_norm/g"]) > 0 for r in every_step)
+    for s in (2, 5):  # where both measured, the same norm
+        assert float(sparse[s]["grad_norm/d"]) == pytest.approx(float(every_step[s]["grad_norm/d"]), rel=1e-5)
+    losses = {k: torch.tensor([float(r["loss/g"]) for r in runs[k][0]]) for k in runs}
+    torch.testing.assert_close(losses[3], losses[1])
+    for a, b in zip(runs[1][1], runs[3][1], strict=True):
+        torch.testing.assert_close(a, b)
