@@ -35,9 +35,9 @@ if TYPE_CHECKING:
 
 COLOR_WARNING = (
     "augment.policy has color and model.conditional is true: brightness, saturation and contrast "
-    "change the very colours a colour-conditioned model learns (measured on configs/quickstart.yaml, "
-    "400 steps: D's accuracy on augmented real hair/eyes 73%/34% with color, 97%/64% without); "
-    "drop color unless the corpus's attributes are not colours"
+    "change the very colours a colour-conditioned model learns (docs/results.md, 3 seeds on 1000 "
+    "images: eye accuracy 99.6% with color, 99.9% without, worse in 2 of 3 seeds); drop color "
+    "unless the corpus's attributes are not colours or FID matters more than the asked-for colour"
 )
 
 

@@ -213,9 +213,9 @@ class AugmentConfig:
     """Comma-separated transforms: translation (1/8 of the side, zero padding), cutout (half
     the side), color (brightness, saturation, contrast). auto: translation,cutout,color, but
     translation,cutout for a conditional model: color changes the very attribute (hair/eye
-    colour) it learns (quickstart, 400 steps: D's accuracy on real hair/eyes 73%/34% with
-    color, 97%/64% without). color with a conditional model warns (attributes need not be
-    colours)."""
+    colour) it learns (docs/results.md, 3 seeds of DiffAugment on 1000 images: eye accuracy
+    99.6% with color vs 99.9% without, lower in 2 of 3 seeds, for FID 4.0 vs 5.2). color
+    with a conditional model warns (attributes need not be colours)."""
     ada_target: float = 0.6
     """ADA's target for r_t (the paper's 0.6): p rises while r_t is above it."""
     ada_interval: int = 4
