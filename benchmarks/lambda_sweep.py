@@ -1,7 +1,7 @@
 """The study's sweep (lambda x D head x architecture) on top of `ganscale sweep`, plus one
 figure `ganscale report` does not draw: a labelled sample grid per cell.
 
-    python benchmarks/lambda_sweep.py                              # the full grid (24 runs)
+    python benchmarks/lambda_sweep.py                              # the full grid (24 cells x 3 seeds)
     python benchmarks/lambda_sweep.py --archs dcgan --steps 600    # a subset
     python benchmarks/lambda_sweep.py --steps 20 --n 200 --lambdas 1 --heads shared,projection \\
         --archs dcgan --out runs/sweep-smoke                     # a smoke run
