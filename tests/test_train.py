@@ -21,6 +21,29 @@ def _train(tmp_path, overrides, name="run", resume=None):
     return train(cfg, tmp_path / name, resume=resume), tmp_path / name
 
 
+CKPT_FILES = ("G.safetensors", "D.safetensors", "G_ema.safetensors")
+
+
+def _straight_vs_split(tmp_path, over, steps, files=CKPT_FILES, between=None, label=""):
+    """Train ``over`` for ``steps`` in one go ("straight") and in two halves ("split": stopped at
+    steps // 2, then ``--resume latest``); every tensor of the last checkpoint's ``files`` must
+    be equal. Returns (the resumed half's result, its run folder, {file: (straight, split)})."""
+    _train(tmp_path, over, name="straight")
+    _train(tmp_path, [*over, f"train.max_steps={steps // 2}"], name="split")
+    if between is not None:
+        between()
+    result, run = _train(tmp_path, over, name="split", resume="latest")
+    assert result.step == steps
+    step = f"checkpoints/step-{steps:07d}"
+    pairs = {
+        f: (load_file(str(tmp_path / "straight" / step / f)), load_file(str(run / step / f))) for f in files
+    }
+    for f, (a, b) in pairs.items():
+        for k in a:
+            assert torch.equal(a[k], b[k]), f"{f}:{k} differs after resume{label}"
+    return result, run, pairs
+
+
 @pytest.mark.parametrize("arch,conditional", [("dcgan", False), ("dcgan", True), ("resnet", True)])
 def test_tiny_run_trains_and_writes_everything(tmp_path, tiny_overrides, arch, conditional):
     result, run = _train(
@@ -49,16 +72,8 @@ def test_tiny_run_trains_and_writes_everything(tmp_path, tiny_overrides, arch, c
 
 def test_resume_is_exact(tmp_path, tiny_overrides):
     over = [*tiny_overrides, "train.max_steps=6", "checkpoint.every=3", "data.num_workers=0"]
-    _train(tmp_path, over, name="straight")
-    _train(tmp_path, [*over, "train.max_steps=3"], name="split")
-    result, _ = _train(tmp_path, over, name="split", resume="latest")
-    assert result.step == 6
-    for f in ("G.safetensors", "D.safetensors", "G_ema.safetensors"):
-        a = load_file(str(tmp_path / "straight/checkpoints/step-0000006" / f))
-        b = load_file(str(tmp_path / "split/checkpoints/step-0000006" / f))
-        assert a.keys() == b.keys()
-        for k in a:
-            assert torch.equal(a[k], b[k]), f"{f}:{k} differs after resume"
+    _, _, pairs = _straight_vs_split(tmp_path, over, 6)
+    assert all(a.keys() == b.keys() for a, b in pairs.values())
     oa = torch.load(tmp_path / "straight/checkpoints/step-0000006/optim_D.pt", weights_only=True)
     ob = torch.load(tmp_path / "split/checkpoints/step-0000006/optim_D.pt", weights_only=True)
     for k in oa["state"]:
@@ -155,16 +170,9 @@ def test_resume_is_exact_with_spectral_norm_and_cbn(tmp_path, tiny_overrides):
         "model.head=projection",
         "loss.adversarial=hinge",
     ]
-    _train(tmp_path, over, name="straight")
-    _train(tmp_path, [*over, "train.max_steps=3"], name="split")
-    result, run = _train(tmp_path, over, name="split", resume="latest")
-    assert result.step == 6
-    for f in ("G.safetensors", "D.safetensors", "G_ema.safetensors"):
-        a = load_file(str(tmp_path / "straight/checkpoints/step-0000006" / f))
-        b = load_file(str(tmp_path / "split/checkpoints/step-0000006" / f))
+    _, run, pairs = _straight_vs_split(tmp_path, over, 6)
+    for a, b in pairs.values():
         assert a.keys() == b.keys() and any(k.endswith("weight.0._u") for k in a)
-        for k in a:
-            assert torch.equal(a[k], b[k]), f"{f}:{k} differs after resume"
     assert any(k.endswith("gain_embed") for k in load_file(str(run / "generator.safetensors")))
     G, meta = load_generator(run)
     assert meta["model"]["spectral_norm"] == "both" and meta["model"]["g_condition"] == "cbn"
@@ -183,15 +191,7 @@ def test_resume_is_exact_with_accumulation_and_critic_updates(tmp_path, tiny_ove
         "train.grad_accum=2",
         "train.n_critic=2",
     ]
-    _train(tmp_path, over, name="straight")
-    _train(tmp_path, [*over, "train.max_steps=2"], name="split")
-    result, _ = _train(tmp_path, over, name="split", resume="latest")
-    assert result.step == 4
-    for f in ("G.safetensors", "D.safetensors", "G_ema.safetensors"):
-        a = load_file(str(tmp_path / "straight/checkpoints/step-0000004" / f))
-        b = load_file(str(tmp_path / "split/checkpoints/step-0000004" / f))
-        for k in a:
-            assert torch.equal(a[k], b[k]), f"{f}:{k} differs after resume"
+    _straight_vs_split(tmp_path, over, 4)
     state = json.loads((tmp_path / "split/checkpoints/step-0000004/state.json").read_text())
     assert state["format_version"] == 2 and state["noise"] == "packed-v2"
 
@@ -208,13 +208,6 @@ def test_resume_is_exact_with_a_random_penalty(tmp_path, tiny_overrides, penalty
         "loss.adversarial=wgan",
         f"loss.penalty={penalty}",
     ]
-    _train(tmp_path, over, name="straight")
-    _train(tmp_path, [*over, "train.max_steps=2"], name="split")
-    torch.rand(7)  # the global RNG moves between the halves: it must not matter
-    result, _ = _train(tmp_path, over, name="split", resume="latest")
-    assert result.step == 4
-    for f in ("G.safetensors", "D.safetensors"):
-        a = load_file(str(tmp_path / "straight/checkpoints/step-0000004" / f))
-        b = load_file(str(tmp_path / "split/checkpoints/step-0000004" / f))
-        for k in a:
-            assert torch.equal(a[k], b[k]), f"{f}:{k} differs after resume ({penalty})"
+    files = ("G.safetensors", "D.safetensors")
+    # the global RNG moves between the halves: it must not matter
+    _straight_vs_split(tmp_path, over, 4, files=files, between=lambda: torch.rand(7), label=f" ({penalty})")
