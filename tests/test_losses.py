@@ -85,6 +85,22 @@ def test_class_loss_ignores_unknown() -> None:
     close(class_loss([lg], labels), (ce(5.0, 0.0) + ce(0.0, 5.0)) / 2)
 
 
+def test_class_loss_all_known_equals_masked() -> None:
+    """The fake labels' shortcut (no -1 possible) gives the masked loss, value and gradient."""
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.stack([torch.randint(n, (16,), generator=gen) for n in (12, 10)], 1)
+    grads = []
+    for known in (False, True):
+        logits = [torch.randn(16, n, generator=torch.Generator().manual_seed(n)) for n in (12, 10)]
+        logits = [lg.requires_grad_() for lg in logits]
+        loss = class_loss(logits, labels, all_known=known)
+        loss.backward()
+        grads.append((loss.detach(), [lg.grad for lg in logits]))
+    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-6, atol=0)
+    for a, b in zip(grads[0][1], grads[1][1], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)
+
+
 def test_class_loss_all_unknown_is_zero_not_nan() -> None:
     loss = class_loss([torch.randn(3, 4, requires_grad=True)], torch.full((3, 1), -1))
     close(loss, 0.0)

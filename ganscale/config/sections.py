@@ -126,7 +126,8 @@ class OptimConfig:
     beta1: float = 0.5
     beta2: float = 0.999
     impl: Literal["auto", "foreach", "fused", "plain"] = "auto"
-    """Adam implementation: auto picks fused on CUDA, foreach elsewhere."""
+    """Adam implementation: auto picks fused on CUDA, plain (PyTorch's single-tensor loop, its
+    CPU default) elsewhere; foreach is slower inside a small CPU step (docs/performance.md)."""
 
     def __post_init__(self) -> None:
         check(self.g_lr > 0, "optim.g_lr", f"must be > 0, got {self.g_lr}")

@@ -15,7 +15,8 @@ class EMA:
         self.decay = decay
         self.shadow = copy.deepcopy(model).eval().requires_grad_(False)
         self._pairs = list(zip(self.shadow.parameters(), model.parameters(), strict=True))
-        self._buffers = list(zip(self.shadow.buffers(), model.buffers(), strict=True))
+        pairs = list(zip(self.shadow.buffers(), model.buffers(), strict=True))
+        self._buffers = ([s for s, _ in pairs], [b for _, b in pairs])
 
     @torch.no_grad()
     def update(self) -> None:
@@ -25,8 +26,8 @@ class EMA:
             torch._foreach_lerp_(shadow, live, 1.0 - self.decay)
         else:
             torch._foreach_copy_(shadow, live)
-        for s, b in self._buffers:
-            s.copy_(b)
+        if self._buffers[0]:  # one call for every BatchNorm statistic
+            torch._foreach_copy_(*self._buffers)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.shadow.state_dict()

@@ -241,11 +241,15 @@ class NanGuard:
     def _agree(self, step: int) -> tuple[int, int]:
         """Read the pending flags of every rank (one all-reduce): (ranks with a non-finite loss,
         their rank sum + count). Raises :class:`DataEnded` when a rank's data ended."""
-        bad = self._pending.float() if self._pending is not None else self.zero
-        self._pending = None
+        pending, self._pending = self._pending, None
         ended = self.data is not None and self.data.ended is not None
-        data = self.one if ended else self.zero
-        n_bad, rank_sum, n_ended = sum_over_ranks(self.rt, torch.stack([bad, bad * self._rank1, data]))
+        if self.rt.world_size == 1:  # nothing to agree with: one host read, no stacking
+            n_bad = int(bool(pending)) if pending is not None else 0
+            rank_sum, n_ended = n_bad, int(ended)
+        else:
+            bad = pending.float() if pending is not None else self.zero
+            data = self.one if ended else self.zero
+            n_bad, rank_sum, n_ended = sum_over_ranks(self.rt, torch.stack([bad, bad * self._rank1, data]))
         if n_ended:
             reasons = self.rt.all_gather_object(self.data.ended if self.data is not None else None)
             rank, why = next((r, m) for r, m in enumerate(reasons) if m is not None)

@@ -130,6 +130,7 @@ class NoiseSource:
     ) -> None:
         self.seed, self.rank, self.z_dim, self.z_sigma = seed, rank, z_dim, z_sigma
         self.num_classes, self.grad_accum, self.device = list(num_classes), grad_accum, device
+        self._gen = torch.Generator(device=device)  # re-seeded per draw: the same stream as a new one
 
     def draw(
         self, step: int, batch: int, net: str, micro: int, critic: int = 0
@@ -138,7 +139,7 @@ class NoiseSource:
         update, micro-batch)."""
         phase = NoisePhase[net.upper()]
         dev = self.device
-        gen = step_generator(self.seed, self.rank, step, phase, dev, critic, micro)
+        gen = self._gen.manual_seed(stream_id(self.seed, self.rank, step, phase, critic, micro))
         z = torch.randn(batch, self.z_dim, device=dev, generator=gen) * self.z_sigma
         if not self.num_classes:
             return z, None

@@ -220,7 +220,7 @@ class Trainer:
                     adv = losses.d_adversarial_loss(cfg.loss.adversarial, real_logits, fake_logits)
                     cls = losses.class_loss(real_cls, real_labels)
                     if cfg.loss.d_fake_class:
-                        cls = cls + losses.class_loss(fake_cls, fake_labels)
+                        cls = cls + losses.class_loss(fake_cls, fake_labels, all_known=True)
                     cls = cfg.loss.class_weight * cls
                     loss = adv + cls
                     if penalty:  # of D after the augmentation (the plain D under it, as losses.py runs)
@@ -274,7 +274,7 @@ class Trainer:
                     fake, fake_labels = shared if shared is not None else (rt.G(z, fake_labels), fake_labels)
                     fake_logits, fake_cls = D(aug(fake), fake_labels)
                     adv = losses.g_adversarial_loss(cfg.loss.adversarial, fake_logits)
-                    cls = cfg.loss.class_weight * losses.class_loss(fake_cls, fake_labels)
+                    cls = cfg.loss.class_weight * losses.class_loss(fake_cls, fake_labels, all_known=True)
                     loss = adv + cls
                     rt.backward(loss / accum, "g")
         finally:
