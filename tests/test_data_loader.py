@@ -269,6 +269,29 @@ def test_workers_exact_epoch_and_resume(corpus):
     assert sorted(keys_of(head + tail)) == sorted(str(i) for i in range(N))
 
 
+def test_workers_fork_with_the_parents_objects_frozen(corpus, monkeypatch):
+    """Workers start with every inherited object frozen (no garbage collection of theirs writes
+    to, and so copies, the parent's pages); the parent collects as before."""
+    import gc
+    import multiprocessing as mp
+
+    import ganscale.data.transport as transport
+
+    seen = mp.Array("i", [-1, -1])  # shared through fork: each worker's gc.get_freeze_count()
+    init = transport.ignore_stop_signals
+
+    def init_and_record(worker_id: int) -> None:
+        init(worker_id)
+        seen[worker_id] = gc.get_freeze_count()
+
+    monkeypatch.setattr(transport, "ignore_stop_signals", init_and_record)
+    s = stream(corpus, num_workers=2)
+    batches = take(s, s.batches_per_epoch)
+    assert sorted(keys_of(batches)) == sorted(str(i) for i in range(N))
+    assert gc.get_freeze_count() == 0  # unfrozen in the parent right after the fork
+    assert min(seen[:]) > 1000, list(seen[:])  # the workers' inherited objects: frozen
+
+
 def test_synthetic_source_is_built_once(tmp_path):
     c = DataConfig(cache_dir=str(tmp_path), synthetic_n=32, num_workers=0, pin_memory=False)
     s = build_loader(c, image_size=16, batch_size=8, seed=0, rank=1, world_size=2)

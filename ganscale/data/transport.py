@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import gc
 import mmap
 import multiprocessing as mp
 import weakref
@@ -121,7 +122,15 @@ class PassRun:
             persistent_workers=False,
             worker_init_fn=ignore_stop_signals,
         )
-        self._it = iter(loader)  # forks the workers, which start on their first chunks
+        # iter() forks the workers, which start on their first chunks. Frozen objects stay out
+        # of the children's garbage collections: otherwise a worker's first collection writes
+        # to every object it inherited, and each page it touches is copied (measured: ~0.1 s
+        # of CPU per worker per pass, a third of a raw 20,000-image pass; 18,000 page faults).
+        gc.freeze()
+        try:
+            self._it = iter(loader)
+        finally:
+            gc.unfreeze()  # the parent collects as before
         _LIVE.add(self._it)
 
     def __iter__(self) -> PassRun:
