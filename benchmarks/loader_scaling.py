@@ -14,6 +14,7 @@ That line is a projection from measured costs, labelled so; the wall rates measu
 machine are printed beside it.
 
     .venv/bin/python benchmarks/loader_scaling.py --n 20000 --epochs 2
+    .venv/bin/python benchmarks/loader_scaling.py --workers 0,1,2,4,8      # where there are cores
 """
 
 from __future__ import annotations
@@ -39,8 +40,14 @@ def children_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def measure(shards: Path, size: int, batch: int, workers: int, epochs: int) -> dict:
-    cfg = DataConfig(source="shards", path=str(shards), num_workers=workers, pin_memory=False)
+def measure(shards: Path, size: int, batch: int, workers: int, epochs: int, persistent: bool = True) -> dict:
+    cfg = DataConfig(
+        source="shards",
+        path=str(shards),
+        num_workers=workers,
+        pin_memory=False,
+        persistent_workers=persistent,
+    )
     stream = build_loader(
         cfg, image_size=size, batch_size=batch, seed=0, rank=0, world_size=1, output="uint8"
     )
@@ -56,6 +63,7 @@ def measure(shards: Path, size: int, batch: int, workers: int, epochs: int) -> d
     images = n * batch
     return {
         "workers": workers,
+        "persistent": persistent if workers else None,
         "images": images,
         "wall_per_s": images / wall,
         "main_us_per_image": 1e6 * main / images,
@@ -70,6 +78,12 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--epochs", type=int, default=2, help="Epochs per measurement.")
     ap.add_argument("--formats", default="png,raw")
+    ap.add_argument("--workers", default="0,1,2", help="Worker counts, e.g. 0,1,2,4,8 on a bigger machine.")
+    ap.add_argument(
+        "--per-pass",
+        action="store_true",
+        help="Also rows with workers forked per pass (persistent_workers=false).",
+    )
     ap.add_argument("--corpus", type=Path, default=None, help="Keep the packed corpus here (reused).")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -83,11 +97,13 @@ def main() -> None:
         load, cores = os.getloadavg()[0], os.cpu_count()
         print(f"load average {load:.1f} on {cores} cores; {args.n} images at {args.size} px")
         print("| format | workers | wall img/s (here) | main us/img | worker us/img | projected img/s |")
-        print("|---|---:|---:|---:|---:|---:|")
+        print("|---|---|---:|---:|---:|---:|")
         results = []
         for fmt in args.formats.split(","):
-            for w in (0, 1, 2):
-                r = measure(root / fmt, args.size, args.batch, w, args.epochs)
+            counts = [int(x) for x in args.workers.split(",")]
+            runs = [(w, True) for w in counts] + [(w, False) for w in counts if w and args.per_pass]
+            for w, persistent in runs:
+                r = measure(root / fmt, args.size, args.batch, w, args.epochs, persistent)
                 main_rate = 1e6 / r["main_us_per_image"]
                 if w:
                     r["projected_per_s"] = min(w * 1e6 / r["worker_us_per_image"], main_rate)
@@ -96,8 +112,9 @@ def main() -> None:
                 r["format"] = fmt
                 results.append(r)
                 worker = f"{r['worker_us_per_image']:.1f}" if w else "-"
+                label = f"{w}" if persistent or not w else f"{w} per pass"
                 print(
-                    f"| {fmt} | {w} | {r['wall_per_s']:,.0f} | {r['main_us_per_image']:.1f} | {worker} | "
+                    f"| {fmt} | {label} | {r['wall_per_s']:,.0f} | {r['main_us_per_image']:.1f} | {worker} | "
                     f"{r['projected_per_s']:,.0f} |",
                     flush=True,
                 )

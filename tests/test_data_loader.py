@@ -254,16 +254,17 @@ def test_shardwriter_shards_are_read(tmp_path):
 
 
 @pytest.mark.slow
-def test_workers_exact_epoch_and_resume(corpus):
-    s = stream(corpus, num_workers=2)
+@pytest.mark.parametrize("persistent", [True, False])
+def test_workers_exact_epoch_and_resume(corpus, persistent):
+    s = stream(corpus, num_workers=2, persistent_workers=persistent)
     batches = take(s, s.batches_per_epoch)
     assert sorted(keys_of(batches)) == sorted(str(i) for i in range(N))
-    first = stream(corpus, num_workers=2)
+    first = stream(corpus, num_workers=2, persistent_workers=persistent)
     it = first.iter_with_keys()
     head = [next(it) for _ in range(2)]
     state = first.state_dict()
     del it
-    again = stream(corpus, num_workers=2)
+    again = stream(corpus, num_workers=2, persistent_workers=persistent)
     again.load_state_dict(state)
     tail = take(again, s.batches_per_epoch - 2)
     assert sorted(keys_of(head + tail)) == sorted(str(i) for i in range(N))
@@ -290,6 +291,47 @@ def test_workers_fork_with_the_parents_objects_frozen(corpus, monkeypatch):
     assert sorted(keys_of(batches)) == sorted(str(i) for i in range(N))
     assert gc.get_freeze_count() == 0  # unfrozen in the parent right after the fork
     assert min(seen[:]) > 1000, list(seen[:])  # the workers' inherited objects: frozen
+
+
+def test_persistent_workers_fork_once_and_give_the_per_pass_batches(corpus, monkeypatch):
+    """data.persistent_workers (the default): the same batches, parameters and positions as
+    workers forked per pass, over epochs with padding passes and a mid-pass resume, from
+    workers forked once per iterator."""
+    import multiprocessing as mp
+
+    import ganscale.data.transport as transport
+
+    starts = mp.Value("i", 0)  # worker starts, counted through fork
+    init = transport.ignore_stop_signals
+
+    def init_and_count(worker_id: int) -> None:
+        init(worker_id)
+        with starts.get_lock():
+            starts.value += 1
+
+    monkeypatch.setattr(transport, "ignore_stop_signals", init_and_count)
+    runs = {}
+    for persistent in (False, True):
+        starts.value = 0
+        s = stream(corpus, num_workers=2, batch=12, persistent_workers=persistent)  # 64 = 5 x 12 + 4
+        it = s.iter_uint8()
+        batches = [next(it) for _ in range(3 * s.batches_per_epoch + 2)]
+        state = s.state_dict()
+        it.close()
+        resumed = stream(corpus, num_workers=2, batch=12, persistent_workers=persistent)
+        resumed.load_state_dict(state)
+        it = resumed.iter_uint8()
+        batches += [next(it) for _ in range(s.batches_per_epoch)]
+        it.close()
+        runs[persistent] = (batches, state, s.stats(), starts.value)
+    (per_pass, st_a, stats_a, forks_a), (kept, st_b, stats_b, forks_b) = runs[False], runs[True]
+    assert st_a == st_b and stats_a == stats_b and stats_b["padding_passes"] >= 3
+    for a, b in zip(per_pass, kept, strict=True):
+        assert a.keys == b.keys
+        assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+        assert torch.equal(a.aug, b.aug)
+    assert forks_b == 2 * 2  # two iterators x two workers
+    assert forks_a > 3 * 2 * 2  # a pair per pass (epochs and padding passes)
 
 
 def test_synthetic_source_is_built_once(tmp_path):

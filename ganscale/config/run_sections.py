@@ -32,6 +32,10 @@ class DataConfig:
     """Seed of the built-in synthetic corpus."""
     num_workers: int = 0
     """DataLoader worker processes per rank."""
+    persistent_workers: bool = True
+    """Keep the workers for every pass (forked once per stream, told each pass's plan through a
+    pipe) instead of forking new ones per epoch. Needs the fork start method (Linux); elsewhere
+    workers are started per pass, as with false."""
     shuffle_buffer: int = 1000
     """Samples in the in-memory shuffle buffer (0 disables sample shuffling)."""
     hflip: bool = True

@@ -49,7 +49,7 @@ from ganscale.data.batch import LoaderBatch, take, to_float
 from ganscale.data.info import CorpusInfo
 from ganscale.data.memory import MemoryCorpus, check_fits, load_memory_corpus, memory_chunks
 from ganscale.data.resolve import resolve_corpus
-from ganscale.data.transport import PassRun
+from ganscale.data.transport import PassRun, WorkerPool, can_keep_workers
 from ganscale.data.worker import PassSpec
 from ganscale.errors import GanscaleError
 
@@ -86,6 +86,7 @@ class ShardStream:
         output: str = "float",
         in_memory: bool = False,
         in_memory_max_gb: float = 8.0,
+        persistent_workers: bool = True,
     ) -> None:
         if augment_on not in ("device", "loader"):
             raise GanscaleError(f"augment_on {augment_on!r}: use device or loader")
@@ -127,6 +128,7 @@ class ShardStream:
         self._stats = {"corrupt_skipped": 0, "read_errors": 0, "records": 0, "padding_passes": 0}
         self._pos: dict[str, Any] = self._fresh(0)
         self._ahead: dict[tuple[int, int, tuple[int, ...]], PassRun] = {}
+        self.persistent_workers = persistent_workers and num_workers > 0 and can_keep_workers()
         self.memory: MemoryCorpus | None = None
         if in_memory:
             check_fits(info, image_size, world_size, rank, resampled, in_memory_max_gb)
@@ -229,11 +231,16 @@ class ShardStream:
             self.augment_on,
         )
 
-    def _chunks(self, epoch: int, pass_: int, skips: list[int]) -> Any:
-        """An iterator of the pass's chunks, with ``close()``."""
+    def _chunks(self, epoch: int, pass_: int, skips: list[int], pool: list[WorkerPool]) -> Any:
+        """An iterator of the pass's chunks, with ``close()``; ``pool``: the iterator's
+        persistent workers (started here on first use)."""
         spec = self._spec(epoch, pass_, skips)
         if self.memory is not None:  # the same chunks, from memory (virtual workers, same merge)
             return memory_chunks(self.memory, spec, self._workers_eff)
+        if self.persistent_workers:
+            if not pool:
+                pool.append(WorkerPool(spec, self.num_workers))
+            return pool[0].run(spec)
         ahead = self._ahead.pop((epoch, pass_, tuple(skips)), None)
         for key in [k for k in self._ahead if k[:2] < (epoch, pass_)]:  # started, not needed
             self._ahead.pop(key).close()
@@ -275,15 +282,18 @@ class ShardStream:
         """The batches as read and decoded: :class:`LoaderBatch` (augmentation still to apply)."""
         pos = dict(self._pos)  # a new iterator continues where the last one (or load_state_dict) left off
         epoch = pos["epoch"]
+        pool: list[WorkerPool] = []  # this iterator's persistent workers (data.persistent_workers)
         try:
             while True:
-                yield from self._epoch(epoch, pos)
+                yield from self._epoch(epoch, pos, pool)
                 epoch += 1
                 pos = self._fresh(epoch)
         finally:
             self._close_ahead()  # workers started for an epoch that will not be read
+            for workers in pool:
+                workers.close()
 
-    def _epoch(self, epoch: int, start: dict[str, Any]) -> Iterator[LoaderBatch]:
+    def _epoch(self, epoch: int, start: dict[str, Any], pool: list[WorkerPool]) -> Iterator[LoaderBatch]:
         B = self.batch_size
         batch, pass_ = start["batch"], start["pass"]
         # Pending records: [pass, chunk, offset]; consumed raw positions per (pass, worker).
@@ -292,14 +302,14 @@ class ShardStream:
         consumed: dict[int, list[int]] = {pass_: list(start["raw"])}
         self._pos = {"epoch": epoch, "batch": batch, "pass": pass_, "raw": list(start["raw"])}
         skips = list(start["raw"])
-        prestart = self.num_workers > 0 and self.memory is None
+        prestart = self.num_workers > 0 and self.memory is None and not self.persistent_workers
         t0, b0 = time.perf_counter(), batch
         while batch < self.batches_per_epoch:
             got = 0
             consumed.setdefault(pass_, [0] * self._workers_eff)
             if pass_ > 0 and skips == [0] * self._workers_eff:
                 self._stats["padding_passes"] += 1
-            chunks = self._chunks(epoch, pass_, skips)
+            chunks = self._chunks(epoch, pass_, skips, pool)
             try:
                 for ch in chunks:
                     self._stats["corrupt_skipped"] += ch["corrupt"]
@@ -373,4 +383,5 @@ def build_loader(
         output=output,
         in_memory=cfg.in_memory,
         in_memory_max_gb=cfg.in_memory_max_gb,
+        persistent_workers=cfg.persistent_workers,
     )

@@ -13,6 +13,12 @@ the worker as much again, as much as reading a raw shard. When a worker finds no
 within a second (the main process stopped reading), it sends its pixels pickled instead, so
 nothing ever waits on the ring. Only with the ``fork`` start method (Linux's default); else
 every chunk is pickled.
+
+:class:`WorkerPool` keeps one set of workers for every pass of a stream (``fork`` only): a
+``DataLoader`` with persistent workers, re-iterated per pass, each worker told the pass's
+:class:`~ganscale.data.worker.PassSpec` through its slot pipe. Forking per pass cost each
+worker ~12 ms before its first record and, for the padding pass that fills an epoch's last
+batch, a whole prefetch of chunks for a few images.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import contextlib
 import gc
 import mmap
 import multiprocessing as mp
+import pickle
 import weakref
 from typing import Any
 
@@ -48,6 +55,7 @@ class SlotRing:
         self.mm = mmap.mmap(-1, max(1, workers * SLOTS * self.slot_bytes))  # MAP_SHARED | MAP_ANONYMOUS
         self.pipes = [mp.Pipe(duplex=False) for _ in range(workers)]  # (worker's end, main's end)
         self._free: list[int] | None = None  # in a worker: its slots not in use
+        self._spec: bytes | None = None  # in a worker: a pass spec read while taking slots back
 
     def view(self, worker: int, slot: int) -> np.ndarray:
         offset = (worker * SLOTS + slot) * self.slot_bytes
@@ -60,13 +68,32 @@ class SlotRing:
             self._free = list(range(SLOTS))
         conn = self.pipes[worker][0]
         while conn.poll():  # take back every slot handed back so far
-            self._free.append(conn.recv_bytes()[0])
+            self._take(conn.recv_bytes())
         if not self._free and conn.poll(WAIT_S):
-            self._free.append(conn.recv_bytes()[0])
+            self._take(conn.recv_bytes())
         if not self._free:
             return None
         slot = self._free.pop()
         return slot, self.view(worker, slot)
+
+    def _take(self, message: bytes) -> None:
+        if len(message) == 1:  # a slot handed back
+            self._free.append(message[0])
+        else:  # the next pass's spec (a pickle is never one byte), for next_spec
+            self._spec = message
+
+    def next_spec(self, worker: int) -> PassSpec:
+        """Wait for the next pass's spec (:class:`WorkerPool`). Every slot is free again: the
+        last pass's chunks were received (pixels copied out) or dropped unread, and the slots
+        handed back before the spec are the last pass's."""
+        conn = self.pipes[worker][0]
+        message, self._spec = self._spec, None
+        while message is None:
+            got = conn.recv_bytes()
+            if len(got) > 1:
+                message = got
+        self._free = list(range(SLOTS))
+        return pickle.loads(message)
 
     # ---- main side
     def receive(self, chunk: dict[str, Any]) -> dict[str, Any]:
@@ -78,6 +105,12 @@ class SlotRing:
             with contextlib.suppress(OSError):  # a worker that is gone needs no slot
                 self.pipes[w][1].send_bytes(bytes([slot]))
         return chunk
+
+    def send_spec(self, spec: PassSpec) -> None:
+        """Tell every worker the next pass (read by :meth:`next_spec`)."""
+        message = pickle.dumps(spec)
+        for _, main_end in self.pipes:
+            main_end.send_bytes(message)
 
 
 _LIVE: weakref.WeakSet = weakref.WeakSet()
@@ -101,6 +134,19 @@ def _as_is(chunk: dict[str, Any]) -> dict[str, Any]:
     return chunk
 
 
+def _freeze_around_fork(start: Any) -> Any:
+    """``start()`` (which forks workers) with the parent's objects frozen: they stay out of the
+    children's garbage collections. Otherwise a worker's first full collection writes to every
+    object it inherited, and each page it touches is copied (measured, when that collection
+    falls in a pass: ~0.1 s of CPU per worker, a fifth of a raw 20,000-image pass, and ~9,000
+    more page faults). The parent collects as before."""
+    gc.freeze()
+    try:
+        return start()
+    finally:
+        gc.unfreeze()
+
+
 class PassRun:
     """The chunks of one pass, started at construction (see the module docstring). Iterate
     it; :meth:`close` shuts the workers down."""
@@ -122,15 +168,7 @@ class PassRun:
             persistent_workers=False,
             worker_init_fn=ignore_stop_signals,
         )
-        # iter() forks the workers, which start on their first chunks. Frozen objects stay out
-        # of the children's garbage collections: otherwise a worker's first collection writes
-        # to every object it inherited, and each page it touches is copied (measured: ~0.1 s
-        # of CPU per worker per pass, a third of a raw 20,000-image pass; 18,000 page faults).
-        gc.freeze()
-        try:
-            self._it = iter(loader)
-        finally:
-            gc.unfreeze()  # the parent collects as before
+        self._it = _freeze_around_fork(lambda: iter(loader))  # forks the workers, which start
         _LIVE.add(self._it)
 
     def __iter__(self) -> PassRun:
@@ -152,3 +190,62 @@ class PassRun:
         else:
             it.close()
         self.ring = None  # the shared memory goes with the last reference (workers are gone)
+
+
+class WorkerPool:
+    """Workers kept for every pass of one stream (``fork`` only; see the module docstring).
+
+    :meth:`run` starts a pass: the DataLoader is iterated again (the first time it forks; later
+    its persistent workers are reset, dropping what they had prepared for the previous pass),
+    then each worker is sent the pass's spec. One pass at a time; :meth:`close` stops them.
+    """
+
+    def __init__(self, spec: PassSpec, num_workers: int) -> None:
+        ds = PassDataset(spec, persistent=True)
+        self.ring = ds.ring = SlotRing(num_workers, spec)
+        self.loader = DataLoader(
+            ds,
+            batch_size=None,
+            collate_fn=_as_is,
+            num_workers=num_workers,
+            prefetch_factor=PREFETCH,
+            persistent_workers=True,
+            worker_init_fn=ignore_stop_signals,
+        )
+        self._it: Any = None
+
+    def run(self, spec: PassSpec) -> PoolPass:
+        self._it = _freeze_around_fork(lambda: iter(self.loader))
+        _LIVE.add(self._it)
+        self.ring.send_spec(spec)  # after iter(): a spec larger than a pipe's buffer cannot block a fork
+        return PoolPass(self, self._it)
+
+    def close(self) -> None:
+        it, self._it = self._it, None
+        if it is not None:
+            it._shutdown_workers()
+            _LIVE.discard(it)
+
+
+class PoolPass:
+    """One pass of a :class:`WorkerPool`, iterated like a :class:`PassRun`; ``close`` leaves
+    the workers running (the next pass resets them)."""
+
+    def __init__(self, pool: WorkerPool, it: Any) -> None:
+        self.pool, self._it = pool, it
+
+    def __iter__(self) -> PoolPass:
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        if self._it is None:
+            raise StopIteration
+        return self.pool.ring.receive(next(self._it))
+
+    def close(self) -> None:
+        self._it = None
+
+
+def can_keep_workers() -> bool:
+    """Can workers live across passes here? (They learn each pass through inherited pipes.)"""
+    return mp.get_start_method(allow_none=False) == "fork"

@@ -172,8 +172,11 @@ class ChunkBuffer:
 class PassDataset(IterableDataset):
     """One pass of one rank's epoch, as uint8 chunks with raw positions (see the loader's docstring)."""
 
-    def __init__(self, spec: PassSpec) -> None:
+    def __init__(self, spec: PassSpec, persistent: bool = False) -> None:
         self.spec = spec
+        self.persistent = persistent
+        """Run by a :class:`ganscale.data.transport.WorkerPool`: each iteration is a new pass,
+        whose spec comes through the ring's pipe (``spec`` only fixes the chunk shape)."""
         self.read_errors = 0
         self.ring: Any = None
         """A :class:`ganscale.data.transport.SlotRing` when run by forked workers."""
@@ -184,9 +187,10 @@ class PassDataset(IterableDataset):
         return True  # like wds.warn_and_continue, but counted
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        s = self.spec
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        s = self.ring.next_spec(worker) if self.persistent and info is not None else self.spec
+        self.read_errors = 0  # counted per pass (reported per chunk, as a difference)
         skip = s.skips[worker] if worker < len(s.skips) else 0
         urls = (s.urls[i] for i in shard_order(s, worker, workers))
         records = shuffled(s, worker, read_records(urls, on_error=self._on_read_error))

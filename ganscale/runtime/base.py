@@ -43,7 +43,7 @@ def make_adam(
 ) -> torch.optim.Adam:
     """Adam in ``impl`` (optim.impl); ``auto``: fused on CUDA, else the single-tensor loop
     (PyTorch's own CPU default). On the CPU foreach is faster alone but not inside the step: at
-    a 5 ms step it cost 3-5% (its temporaries evict what backward reads; docs/performance.md)."""
+    a 5 ms step it cost 3-8% (its temporaries evict what backward reads; docs/performance.md)."""
     kwargs: dict[str, Any] = {}
     if impl == "auto":
         impl = "fused" if device.type == "cuda" else "plain"
