@@ -134,6 +134,19 @@ def _as_is(chunk: dict[str, Any]) -> dict[str, Any]:
     return chunk
 
 
+def _worker_loader(ds: PassDataset, num_workers: int, persistent: bool) -> DataLoader:
+    """The DataLoader that runs ``ds`` in ``num_workers`` processes, chunks as they come."""
+    return DataLoader(
+        ds,
+        batch_size=None,
+        collate_fn=_as_is,
+        num_workers=num_workers,
+        prefetch_factor=PREFETCH,
+        persistent_workers=persistent,
+        worker_init_fn=ignore_stop_signals,
+    )
+
+
 def _freeze_around_fork(start: Any) -> Any:
     """``start()`` (which forks workers) with the parent's objects frozen: they stay out of the
     children's garbage collections. Otherwise a worker's first full collection writes to every
@@ -159,15 +172,7 @@ class PassRun:
             return
         if mp.get_start_method(allow_none=False) == "fork":
             self.ring = ds.ring = SlotRing(num_workers, spec)
-        loader = DataLoader(
-            ds,
-            batch_size=None,
-            collate_fn=_as_is,
-            num_workers=num_workers,
-            prefetch_factor=PREFETCH,
-            persistent_workers=False,
-            worker_init_fn=ignore_stop_signals,
-        )
+        loader = _worker_loader(ds, num_workers, persistent=False)
         self._it = _freeze_around_fork(lambda: iter(loader))  # forks the workers, which start
         _LIVE.add(self._it)
 
@@ -203,15 +208,7 @@ class WorkerPool:
     def __init__(self, spec: PassSpec, num_workers: int) -> None:
         ds = PassDataset(spec, persistent=True)
         self.ring = ds.ring = SlotRing(num_workers, spec)
-        self.loader = DataLoader(
-            ds,
-            batch_size=None,
-            collate_fn=_as_is,
-            num_workers=num_workers,
-            prefetch_factor=PREFETCH,
-            persistent_workers=True,
-            worker_init_fn=ignore_stop_signals,
-        )
+        self.loader = _worker_loader(ds, num_workers, persistent=True)
         self._it: Any = None
 
     def run(self, spec: PassSpec) -> PoolPass:
