@@ -209,6 +209,7 @@ METRIC_DIRECTIONS: dict[str, str] = {
     "recall_classifier": "max",
     "fid_inception": "min",
     "kid_inception": "min",
+    "fid_div": "min",
 }
 """Metrics that can choose the ``best`` checkpoint, and whether lower or higher is better."""
 
@@ -232,16 +233,21 @@ class EvalConfig:
         "recall_classifier",
         "fid_inception",
         "kid_inception",
+        "fid_div",
     ] = "fid_classifier"
     """The metric that picks the best checkpoint (FID/KID: lower wins; the others: higher).
     acc_joint_uniform: joint attribute accuracy with every combination of values asked for
     equally often (a second pass over the same z, only when chosen); acc_joint: conditions
-    drawn as in the corpus."""
+    drawn as in the corpus. fid_div: classifier FID divided by the within-condition diversity
+    clamped to [0.001, 1] (``ganscale.evaluation.diversity``), so a generator that draws one
+    image per condition cannot win however well its colours match (lower wins; needs eval.n
+    large enough that conditions are drawn at least twice)."""
     keep_best: bool = True
     """Export the best generator so far to RUN/best/ (`ganscale sample RUN` then uses it)."""
     inception: str = ""
-    """Local InceptionV3 TorchScript file for Inception FID/KID (else $GANSCALE_INCEPTION);
-    never downloaded."""
+    """Inception FID/KID: a local InceptionV3 TorchScript file, or ``download`` for the standard
+    inception-2015-12-05.pt fetched once into $GANSCALE_CACHE_DIR (default ~/.cache/ganscale)
+    and checked against its pinned sha256 (else $GANSCALE_INCEPTION; "" and unset: none)."""
 
     def __post_init__(self) -> None:
         if self.every < -1:

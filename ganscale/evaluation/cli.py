@@ -94,8 +94,10 @@ def eval_command(
         str | None,
         typer.Option(
             "--inception",
-            help="Local InceptionV3 TorchScript file (else eval.inception or "
-            "$GANSCALE_INCEPTION); never downloaded.",
+            help="Inception FID/KID: a local InceptionV3 TorchScript file, or 'download' for the "
+            "standard inception-2015-12-05.pt, fetched once into $GANSCALE_CACHE_DIR (default "
+            "~/.cache/ganscale) and checked against its pinned sha256 (else eval.inception or "
+            "$GANSCALE_INCEPTION; nothing is downloaded unless asked).",
         ),
     ] = None,
     seed: Annotated[int, seed_option("Seed of z and of the drawn conditions.")] = 0,
@@ -109,9 +111,10 @@ def eval_command(
     ] = None,
 ) -> None:
     """Attribute accuracy (conditions as in the corpus, and every combination equally often, per
-    colour), FID/KID and precision/recall of a run's EMA generator, with real-vs-real floors."""
+    colour), FID/KID, precision/recall and within-condition diversity of a run's EMA generator,
+    with real-vs-real references."""
     from ganscale.evaluation.evaluate import evaluate_run, summary
-    from ganscale.runtime.env import inception_weights
+    from ganscale.runtime.env import cache_dir, inception_weights
 
     target = out
     result = evaluate_run(
@@ -125,6 +128,7 @@ def eval_command(
         log=typer.echo,
         inception_env=inception_weights(),
         truncation=truncation,
+        cache_dir=cache_dir(),
     )
     typer.echo(summary(result))
     written = target if target is not None else (run if run.is_dir() else run.parent) / "eval.json"

@@ -27,6 +27,7 @@ from torch import nn
 from ganscale.errors import GanscaleError
 from ganscale.evaluation.classifier import accuracy, ensure_classifier
 from ganscale.evaluation.config import METRIC_DIRECTIONS
+from ganscale.evaluation.diversity import structure_embedding
 from ganscale.evaluation.features import load_inception
 from ganscale.evaluation.scoring import draw_conditions, real_reference, score, uniform_conditions
 
@@ -57,6 +58,7 @@ class TrainingEvaluator:
         world_size: int = 1,
         log: Any = print,
         inception_env: str | None = None,
+        cache_dir: str | Path | None = None,
     ) -> None:
         ecfg = cfg.eval
         self.n, self.metric = int(ecfg.n), str(ecfg.metric)
@@ -68,7 +70,9 @@ class TrainingEvaluator:
         self.z_dim, self.z_sigma = int(cfg.model.z_dim), float(cfg.model.z_sigma)
         self.log = log if rank == 0 else _quiet
         self.clf = ensure_classifier(self.folder, self.device, log=self.log)
-        self.inception, message = load_inception(ecfg.inception or None, self.device, env_value=inception_env)
+        self.inception, message = load_inception(
+            ecfg.inception or None, self.device, env_value=inception_env, cache_dir=cache_dir
+        )
         if self.inception is None:
             if self.metric.endswith("_inception"):
                 raise GanscaleError(f"eval.metric={self.metric} needs Inception weights. {message}")
@@ -86,6 +90,7 @@ class TrainingEvaluator:
         self._prepared = False
         self.best: float | None = None
         self.best_step: int | None = None
+        self._warned = False
 
     # ------------------------------------------------------------------ the evaluation
     def _prepare(self, rt: Any) -> None:
@@ -112,7 +117,7 @@ class TrainingEvaluator:
         idx = torch.arange(self.rank, self.n, self.world_size)
         was_training = G.training
         G.eval()
-        feats, preds, incep = [], [], []
+        feats, preds, incep, structure = [], [], [], []
         try:
             for chunk in idx.split(250):
                 y = self._labels[chunk].to(self.device) if self._labels is not None else None
@@ -120,6 +125,7 @@ class TrainingEvaluator:
                 f, p = self.clf.run(x)
                 feats.append(f)
                 preds.append(p)
+                structure.append(structure_embedding(x))
                 if self.inception is not None:
                     incep.append(self.inception(x))
             even = []
@@ -129,7 +135,7 @@ class TrainingEvaluator:
         finally:
             G.train(was_training)
         cat = lambda xs: torch.cat(xs).numpy() if xs else None  # noqa: E731
-        return idx.numpy(), cat(feats), cat(preds), cat(incep), cat(even)
+        return idx.numpy(), cat(feats), cat(preds), cat(incep), cat(even), cat(structure)
 
     def evaluate(self, G: nn.Module, step: int, rt: Any) -> dict[str, float]:
         """The metrics of G now (call on every rank; ``rt`` gives ``all_gather_object``)."""
@@ -147,7 +153,14 @@ class TrainingEvaluator:
                 if self.inception is not None
                 else None
             )
-            metrics = score(feats, preds, self._labels, self.ref, self.attributes, incep)
+            structure = torch.from_numpy(np.concatenate([p[5] for p in parts])[order])
+            metrics = score(feats, preds, self._labels, self.ref, self.attributes, incep, structure)
+            if self.metric not in metrics and not self._warned:
+                self._warned = True
+                self.log(
+                    f"eval.metric={self.metric}: not computable at eval.n={self.n} (no condition drew 2 "
+                    "generated and 2 real images); best/ is not updated until it is: raise eval.n"
+                )
             if self._uniform_labels is not None:
                 even = torch.from_numpy(np.concatenate([p[4] for p in parts])[order])
                 acc = accuracy(even, self._uniform_labels, self.attributes)
@@ -193,6 +206,8 @@ class EvalContext:
     tracker: Tracker
     inception_env: str | None = None
     """The Inception weights variable's value (:func:`ganscale.runtime.env.inception_weights`)."""
+    cache_dir: str | None = None
+    """Where ``eval.inception: download`` keeps the standard file (:func:`ganscale.runtime.env.cache_dir`)."""
 
 
 class TrainingEvalHook:
@@ -212,7 +227,14 @@ class TrainingEvalHook:
         self.ctx, self.every, self.cfg = ctx, every, cfg.eval
         folder = corpus_folder(cfg.data, cfg.model.image_size)
         self.evaluator = TrainingEvaluator(
-            cfg, ctx.attributes, folder, rt.device, rt.rank, rt.world_size, inception_env=ctx.inception_env
+            cfg,
+            ctx.attributes,
+            folder,
+            rt.device,
+            rt.rank,
+            rt.world_size,
+            inception_env=ctx.inception_env,
+            cache_dir=ctx.cache_dir,
         )
 
     @classmethod

@@ -6,6 +6,13 @@ the draws FID/KID use too) and over every hair x eyes combination equally often
 colour that is rare in the corpus, and weak in G, shows. ``--truncation PSI`` scales z by psi
 (``truncation_psi`` in eval.json; 1 = none).
 
+Beside them, ``diversity``: how varied the images of one condition are, as a fraction of how
+varied the real images of that condition are (1.0 = as varied as the data, ~0 = one image per
+condition; :mod:`ganscale.evaluation.diversity` says how it is measured and why), with
+``diversity_classifier`` (the same in the classifier's feature space), ``diversity_conditions``
+(how many conditions it averages) and ``fid_div`` (classifier FID divided by diversity clamped
+to [0.001, 1]: the ``eval.metric`` that collapsing cannot win).
+
 Every number comes with its reference points: the classifier's accuracy on real images at
 the run's resolution (the ceiling for attribute accuracy) and the same feature metrics
 between two disjoint halves of the corpus (the floor for FID/KID, the top for
@@ -122,13 +129,15 @@ def evaluate_run(
     log: Any = print,
     inception_env: str | None = None,
     truncation: float | None = None,
+    cache_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate the run's (best, else final) EMA generator; write ``out`` (default RUN/eval.json)
     and one ``confusion-<attr>.png`` per attribute beside it. Returns what was written.
 
     ``inception_env``: the Inception weights variable's value, read by the CLI
-    (:func:`ganscale.runtime.env.inception_weights`). ``truncation``: psi in (0, 1], z' = psi * z
-    (None = 1 = none)."""
+    (:func:`ganscale.runtime.env.inception_weights`); ``cache_dir``: where ``download`` keeps the
+    standard Inception file (:func:`ganscale.runtime.env.cache_dir`). ``truncation``: psi in
+    (0, 1], z' = psi * z (None = 1 = none)."""
     from ganscale.outputs.engines import check_psi
     from ganscale.outputs.export import find_export, load_generator
 
@@ -157,7 +166,7 @@ def evaluate_run(
             f"{clf.path}: classifier attributes {list(clf.attributes)} differ from the "
             f"generator's {list(attributes)}; is --corpus the corpus this run trained on?"
         )
-    incep, message = load_inception(inception, dev, env_value=inception_env)
+    incep, message = load_inception(inception, dev, env_value=inception_env, cache_dir=cache_dir)
     if incep is None:
         log(message)
     ref = real_reference(corpus_dir, clf, size, n, incep, log=log)
@@ -165,14 +174,16 @@ def evaluate_run(
     num_classes = [len(v) for v in attributes.values()]
     requested = draw_conditions(ref.labels, n, num_classes, seed) if attributes else None
     log(f"generating {n} images from {weights}")
-    feats, pred, gen_incep = generated_features(G, meta, requested, n, seed + 1, dev, clf, incep, psi=psi)
-    metrics = score(feats, pred, requested, ref, attributes, gen_incep)
+    feats, pred, gen_incep, structure = generated_features(
+        G, meta, requested, n, seed + 1, dev, clf, incep, psi=psi
+    )
+    metrics = score(feats, pred, requested, ref, attributes, gen_incep, structure)
     uniform: dict[str, Any] = {"acc_uniform": None, "acc_per_value": None, "acc_per_value_n": None}
     if attributes:
         # the same z as above, every combination of values equally often: only the classifier reads them
         even = uniform_conditions(n, num_classes, seed + 2)
         log(f"generating {n} images over all {math.prod(num_classes)} combinations, each equally often")
-        _, even_pred, _ = generated_features(G, meta, even, n, seed + 1, dev, clf, None, psi=psi)
+        _, even_pred, _, _ = generated_features(G, meta, even, n, seed + 1, dev, clf, None, psi=psi)
         even_acc = accuracy(even_pred, even, attributes)
         per_value, per_value_n = per_value_accuracy(even_pred, even, attributes)
         uniform = {"acc_uniform": even_acc, "acc_per_value": per_value, "acc_per_value_n": per_value_n}
@@ -215,15 +226,24 @@ def evaluate_run(
         "confusion_counts": confusion_counts,
         **pick("classifier"),
         **pick("inception"),
+        "diversity": metrics.get("diversity"),
+        "diversity_classifier": metrics.get("diversity_classifier"),
+        "diversity_conditions": int(metrics["diversity_conditions"])
+        if "diversity_conditions" in metrics
+        else 0,
+        "fid_div": metrics.get("fid_div"),
         "inception": {
             "available": incep is not None,
             "path": str(incep.path) if incep else None,
+            "sha256": incep.digest if incep else None,
             "message": message,
         },
         "real_vs_real": {
             "n": ref.images_per_set,
             **pick("classifier", ref.floor),
             **pick("inception", ref.floor),
+            **dict.fromkeys(("diversity", "diversity_classifier")),
+            **ref.diversity_reference(conditional=requested is not None),
         },
         "real_cache": ref.cache_files,
         "seconds": 0.0,
@@ -262,6 +282,22 @@ def summary(result: dict[str, Any]) -> str:
     if result.get("truncation_psi", 1.0) != 1.0:
         lines.append(f"truncation psi {result['truncation_psi']:g} (z scaled toward the mean)")
     floor = result["real_vs_real"]
+    if result.get("diversity") is not None:
+        real = floor.get("diversity")
+        per = "within a condition" if result.get("accuracy") else "over the whole set"
+        lines.append(
+            f"diversity {per} (edge structure, samples / real images): {result['diversity']:.3f}"
+            + (f" (real-vs-real {real:.3f})" if real is not None else "")
+            + f" over {result['diversity_conditions']} condition(s); classifier space "
+            + (
+                f"{result['diversity_classifier']:.3f}"
+                if result.get("diversity_classifier") is not None
+                else "n/a"
+            )
+            + f"; fid_div {result['fid_div']:.3f}"
+        )
+    else:
+        lines.append("diversity: n/a (no condition drew 2 generated and 2 real images; raise --n)")
     for space in ("classifier", "inception"):
         if result.get(f"fid_{space}") is None:
             continue

@@ -1,10 +1,13 @@
 """Scoring a generator against a corpus: real reference features, generated features, metrics.
 
 The real side (:func:`real_reference`) reads 2 x n corpus images, chosen by key hash, through
-:mod:`ganscale.evaluation.corpus_images` and caches their features under
-``<corpus>/eval-cache/``; the generated side (:func:`generated_features`) draws n samples from
-G batch by batch; :func:`score` turns both into the flat metric dict that ``eval.json``, the
-training-time evaluator and the tracker share. Conditions are drawn two ways: as in the corpus
+:mod:`ganscale.evaluation.corpus_images` and caches their features (classifier, edge-structure
+embedding, Inception when given) under ``<corpus>/eval-cache/``, keyed by the feature
+extractor's sha256, the resolution and n: the next evaluation reads them instead of the
+images. The generated side (:func:`generated_features`) draws n samples from G batch by batch;
+:func:`score` turns both into the flat metric dict that ``eval.json``, the training-time
+evaluator and the tracker share, within-condition diversity included
+(:mod:`ganscale.evaluation.diversity`). Conditions are drawn two ways: as in the corpus
 (:func:`draw_conditions`, what FID/KID compare against) and uniformly over every combination
 of attribute values (:func:`uniform_conditions`, so a colour the corpus rarely shows still
 counts); :func:`per_value_accuracy` breaks accuracy down by requested value.
@@ -22,13 +25,17 @@ import torch
 from torch import Tensor, nn
 
 from ganscale.errors import GanscaleError
-from ganscale.evaluation.classifier import Classifier, accuracy, file_sha256
+from ganscale.evaluation.classifier import Classifier, accuracy
 from ganscale.evaluation.corpus_images import list_keys, read_corpus, spread_keys
+from ganscale.evaluation.diversity import fid_div, structure_embedding, within_condition_diversity
 from ganscale.evaluation.features import InceptionFeatures
 from ganscale.evaluation.fid import KID_SUBSET_SIZE, feature_metrics
 
 CACHE_DIR = "eval-cache"
 GEN_BATCH = 250
+REAL_CACHE_KEYS = ("features_a", "features_b", "labels_a", "labels_b", "structure_a", "structure_b")
+"""What a classifier-space cache file must hold; an older file without the structure embedding
+is computed again (and overwritten)."""
 
 
 # --------------------------------------------------------------------------- real reference
@@ -47,6 +54,28 @@ class RealReference:
     """Real images in each of sets A and B (``n`` in the cache and in eval.json)."""
     inception_features: Tensor | None = None
     cache_files: list[str] = field(default_factory=list)
+    structure: Tensor | None = None
+    """Edge-structure embeddings of set A (:func:`ganscale.evaluation.diversity.structure_embedding`)."""
+    features_b: Tensor | None = None
+    labels_b: Tensor | None = None
+    structure_b: Tensor | None = None
+
+    def diversity_reference(self, conditional: bool) -> dict[str, float]:
+        """Set B's within-condition diversity against set A (~1: the real-vs-real reference),
+        per condition (``conditional``) or over the whole set, in both spaces."""
+        out: dict[str, float] = {}
+        spaces = (
+            ("diversity", self.structure_b, self.structure),
+            ("diversity_classifier", self.features_b, self.features),
+        )
+        for key, b, a in spaces:
+            if a is None or b is None:
+                continue
+            labels = (self.labels_b, self.labels) if conditional and self.labels.shape[1] else (None, None)
+            found = within_condition_diversity(b, labels[0], a, labels[1])
+            if found is not None:
+                out[key] = found[0]
+        return out
 
 
 def _save_cache(path: Path, tensors: dict[str, Tensor], info: dict[str, Any]) -> bool:
@@ -91,6 +120,8 @@ def real_reference(
     base = f"s{size}-n{n}"
     path = folder / CACHE_DIR / f"real-classifier-{clf.digest}-{base}.safetensors"
     cached = _load_cache(path)
+    if cached is not None and not all(k in cached[0] for k in REAL_CACHE_KEYS):
+        cached = None  # written before the structure embedding existed: compute again
     images = None
     if cached is None:
         keys = list_keys(folder)
@@ -106,7 +137,15 @@ def real_reference(
         floor = feature_metrics(feats[a], feats[b], "classifier", kid_subset_size=min(KID_SUBSET_SIZE, half))
         real_acc = accuracy(pred[a], real.labels[a], clf.attributes)
         info = {"floor": floor, "real_accuracy": real_acc, "n": half, "size": size}
-        tensors = {"features_a": feats[a], "features_b": feats[b], "labels_a": real.labels[a]}
+        structure = structure_embedding(images)
+        tensors = {
+            "features_a": feats[a],
+            "features_b": feats[b],
+            "labels_a": real.labels[a],
+            "labels_b": real.labels[b],
+            "structure_a": structure[a],
+            "structure_b": structure[b],
+        }
         _save_cache(path, tensors, info)
     else:
         tensors, info = cached
@@ -117,9 +156,13 @@ def real_reference(
         dict(info["real_accuracy"]),
         int(info["n"]),
         cache_files=[str(path)],
+        structure=tensors["structure_a"],
+        features_b=tensors["features_b"],
+        labels_b=tensors["labels_b"],
+        structure_b=tensors["structure_b"],
     )
     if inception is not None:
-        ipath = folder / CACHE_DIR / f"real-inception-{file_sha256(inception.path)[:16]}-{base}.safetensors"
+        ipath = folder / CACHE_DIR / f"real-inception-{inception.digest[:16]}-{base}.safetensors"
         icached = _load_cache(ipath)
         if icached is None:
             half = ref.images_per_set
@@ -210,14 +253,14 @@ def generated_features(
     inception: InceptionFeatures | None = None,
     batch_size: int = GEN_BATCH,
     psi: float = 1.0,
-) -> tuple[Tensor, Tensor, Tensor | None]:
-    """(classifier features, predicted labels, Inception features or None) of n generated
-    samples from G, z ~ N(0, z_sigma) drawn from ``seed`` and scaled by the truncation ``psi``
-    (1: as drawn); made and consumed batch by batch."""
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
+    """(classifier features, predicted labels, Inception features or None, edge-structure
+    embeddings) of n generated samples from G, z ~ N(0, z_sigma) drawn from ``seed`` and scaled
+    by the truncation ``psi`` (1: as drawn); made and consumed batch by batch."""
     was_training = G.training
     G.eval()
     gen = torch.Generator().manual_seed(seed)
-    feats, preds, incep = [], [], []
+    feats, preds, incep, structure = [], [], [], []
     try:
         for i in range(0, n, batch_size):
             b = min(batch_size, n - i)
@@ -228,11 +271,12 @@ def generated_features(
             f, p = clf.run(x)
             feats.append(f)
             preds.append(p)
+            structure.append(structure_embedding(x))
             if inception is not None:
                 incep.append(inception(x))
     finally:
         G.train(was_training)
-    return torch.cat(feats), torch.cat(preds), (torch.cat(incep) if incep else None)
+    return torch.cat(feats), torch.cat(preds), (torch.cat(incep) if incep else None), torch.cat(structure)
 
 
 def confusion(requested: Tensor, predicted: Tensor, k: int) -> Tensor:
@@ -248,11 +292,15 @@ def score(
     ref: RealReference,
     attributes: dict[str, list[str]],
     gen_inception: Tensor | None = None,
+    gen_structure: Tensor | None = None,
 ) -> dict[str, float]:
-    """Flat metrics: ``acc/<attr>``, ``acc_joint`` (conditional G only), and
-    ``{fid,kid,kid_std,precision,recall}_{classifier,inception}``."""
+    """Flat metrics: ``acc/<attr>``, ``acc_joint`` (conditional G only),
+    ``{fid,kid,kid_std,precision,recall}_{classifier,inception}``, and with ``gen_structure``
+    ``diversity``, ``diversity_conditions``, ``fid_div`` (left out when no condition has 2
+    generated and 2 real images: n too small), plus ``diversity_classifier``."""
     out: dict[str, float] = {}
-    if requested is not None and attributes:
+    conditional = requested is not None and bool(attributes)
+    if conditional:
         acc = accuracy(gen_pred, requested, attributes)
         out |= {f"acc/{a}": acc[a] for a in attributes}
         out["acc_joint"] = acc["joint"]
@@ -260,4 +308,13 @@ def score(
     out |= feature_metrics(ref.features, gen_features, "classifier", kid_subset_size=kid_m)
     if gen_inception is not None and ref.inception_features is not None:
         out |= feature_metrics(ref.inception_features, gen_inception, "inception", kid_subset_size=kid_m)
+    gen_labels, real_labels = (requested, ref.labels) if conditional else (None, None)
+    if gen_structure is not None and ref.structure is not None:
+        found = within_condition_diversity(gen_structure, gen_labels, ref.structure, real_labels)
+        if found is not None:
+            out["diversity"], out["diversity_conditions"] = found[0], float(found[1])
+            out["fid_div"] = fid_div(out["fid_classifier"], found[0])
+    found = within_condition_diversity(gen_features, gen_labels, ref.features, real_labels)
+    if found is not None:
+        out["diversity_classifier"] = found[0]
     return out

@@ -12,7 +12,9 @@ What is read:
   Slurm's ``SLURM_*`` variables are read by ``launch/slurm/train.sbatch`` alone, which turns
   them into ``accelerate launch`` arguments; Python sees only what that launcher exports.
 - **W&B**: ``WANDB_MODE``, else ``WANDB_API_KEY`` or a ``~/.netrc`` login: :func:`wandb_mode`.
-- ``GANSCALE_INCEPTION``, a local InceptionV3 file: :func:`inception_weights`.
+- ``GANSCALE_INCEPTION``, a local InceptionV3 file (or ``download``): :func:`inception_weights`.
+- ``GANSCALE_CACHE_DIR`` (else ``XDG_CACHE_HOME``/ganscale, else ~/.cache/ganscale), where
+  downloaded files such as the standard Inception weights are kept: :func:`cache_dir`.
 - ``GANSCALE_PEAK_TFLOPS``, the bench's peak-FLOP/s override: :func:`peak_tflops_override`.
 
 What is written, because a library reads it from the environment and nowhere else:
@@ -32,7 +34,10 @@ from dataclasses import dataclass
 from ganscale.errors import GanscaleError
 
 INCEPTION_ENV = "GANSCALE_INCEPTION"
-"""Names a local InceptionV3 TorchScript file (FID/KID in Inception space; never downloaded)."""
+"""Names a local InceptionV3 TorchScript file for FID/KID in Inception space, or ``download``:
+the standard file, fetched once into :func:`cache_dir`."""
+CACHE_ENV = "GANSCALE_CACHE_DIR"
+"""The per-user folder for downloaded files (the standard Inception weights)."""
 PEAK_TFLOPS_ENV = "GANSCALE_PEAK_TFLOPS"
 """Overrides the bench's table of dense peak TFLOP/s (e.g. for PCIe parts)."""
 
@@ -140,6 +145,16 @@ def inception_weights() -> str | None:
     """``$GANSCALE_INCEPTION`` as given (None when unset or empty); whether the file exists is
     checked by :func:`ganscale.evaluation.features.inception_path`, which names the source."""
     return os.environ.get(INCEPTION_ENV) or None
+
+
+def cache_dir() -> str:
+    """Where downloaded files are kept: ``$GANSCALE_CACHE_DIR``, else ``$XDG_CACHE_HOME/ganscale``,
+    else ``~/.cache/ganscale`` (not created here)."""
+    explicit = os.environ.get(CACHE_ENV, "").strip()
+    if explicit:
+        return os.path.expanduser(explicit)
+    base = os.environ.get("XDG_CACHE_HOME", "").strip() or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "ganscale")
 
 
 def peak_tflops_override() -> float | None:

@@ -9,7 +9,9 @@ Every number in eval.json is a metric except the reference and bookkeeping field
 under uniform conditions...) are columns without a change here. Nested keys are dotted:
 ``accuracy.hair``, ``acc_per_value.hair.red``. The printed table and report.md show the
 headline columns (:func:`headline`: accuracy drawn as in the corpus and uniform, FID, KID,
-precision, recall; per-colour accuracy as a second table, one row per colour); ``--all``
+precision, recall, within-condition ``diversity`` (1.0 = as varied as the real images, ~0 =
+one image per condition) and ``fid_div``; per-colour accuracy as a second table, one row per
+colour); ``--all``
 shows every column. The "real images" row holds the real-data references (classifier
 accuracy on real images, real-vs-real FID...) under the same column names.
 """
@@ -34,6 +36,8 @@ NOT_METRICS = {
 REFERENCES = {"real_accuracy": "accuracy", "real_vs_real": ""}
 """eval.json's reference blocks -> the metric prefix their numbers stand beside."""
 _SEED_DIR = re.compile(r"seed-\d+")
+NOT_HEADLINE = {"truncation_psi", "diversity_conditions"}
+"""Top-level numbers of eval.json that describe the evaluation rather than score the generator."""
 
 
 @dataclass
@@ -140,9 +144,10 @@ def fmt(key: str, value: float) -> str:
 
 def headline(columns: list[str]) -> list[str]:
     """The columns a reader compares first: accuracy.X and acc_uniform.X, then the top-level
-    metrics (FID, KID, precision, recall; no *_std, no truncation_psi)."""
+    metrics (FID, KID, precision, recall, diversity, fid_div; no *_std, nothing of
+    :data:`NOT_HEADLINE`)."""
     acc = [c for c in columns if c.count(".") == 1 and c.startswith(("accuracy.", "acc_uniform."))]
-    top = [c for c in columns if "." not in c and not c.endswith("_std") and c != "truncation_psi"]
+    top = [c for c in columns if "." not in c and not c.endswith("_std") and c not in NOT_HEADLINE]
     return acc + top
 
 
@@ -189,7 +194,7 @@ def markdown(table: list[list[str]]) -> str:
 def plot_columns(columns: list[str]) -> list[str]:
     """Headline metrics for the plot: top-level ones and accuracy.X (no *_std, no deeper keys)."""
     keep = [c for c in columns if c.count(".") == 0 or (c.startswith("accuracy.") and c.count(".") == 1)]
-    return [c for c in keep if not c.endswith("_std")]
+    return [c for c in keep if not c.endswith("_std") and c not in NOT_HEADLINE]
 
 
 def plot(groups: list[Group], columns: list[str], path: Path) -> Path:

@@ -187,6 +187,7 @@ class Trainer:
             self.metrics,
             self.tracker,
             inception_env=env.inception_weights(),
+            cache_dir=env.cache_dir(),
         )
 
     # ------------------------------------------------------------------ data
