@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 from pathlib import Path
@@ -36,6 +37,7 @@ TOP_KEYS = {
     "format", "run", "generator", "n", "image_size", "seed", "corpus", "classifier", "accuracy",
     "real_accuracy", "confusion_matrices", "confusion_counts", "inception", "real_vs_real", "real_cache",
     "seconds", "acc_uniform", "acc_per_value", "acc_per_value_n", "truncation_psi",
+    "diversity", "diversity_classifier", "diversity_conditions", "fid_div",
 } | SPACE_KEYS  # fmt: skip
 
 
@@ -75,6 +77,13 @@ def test_eval_writes_eval_json_with_every_field(run, tmp_path):
     # a 6-step GAN is far from the data: further than one real half from the other
     assert written["fid_classifier"] > written["real_vs_real"]["fid_classifier"]
     assert written["real_vs_real"]["n"] == 48
+    # diversity: computable only where a condition drew 2 generated and 2 real images
+    assert isinstance(written["diversity_conditions"], int)
+    if written["diversity_conditions"]:
+        assert written["diversity"] > 0 and written["fid_div"] >= written["fid_classifier"]
+    else:
+        assert written["diversity"] is None and written["fid_div"] is None
+    assert {"diversity", "diversity_classifier"} <= set(written["real_vs_real"])
     # no Inception weights: the inception fields are null and the one-line message says how
     assert all(written[k] is None for k in SPACE_KEYS if k.endswith(("inception", "inception_std")))
     message = written["inception"]["message"]
@@ -115,6 +124,11 @@ def test_eval_reports_uniform_and_per_colour_accuracy_consistently(run, tmp_path
     text = summary(result)
     assert "every combination equally often" in text and "hair by value" in text and "weakest" in text
     assert "truncation" not in text
+    # 240 draws over 120 combinations: enough conditions drawn twice for a diversity figure
+    assert result["diversity_conditions"] > 0 and result["diversity"] > 0
+    assert result["fid_div"] == pytest.approx(result["fid_classifier"] / min(1.0, result["diversity"]))
+    assert isinstance(result["real_vs_real"]["diversity"], float)
+    assert "diversity within a condition" in text and "fid_div" in text
 
     truncated = evaluate_run(run, n=48, out=tmp_path / "t.json", log=lambda *_: None, truncation=0.4)
     plain = evaluate_run(run, n=48, out=tmp_path / "p.json", log=lambda *_: None, truncation=1.0)
@@ -156,9 +170,43 @@ def test_eval_with_local_inception_fills_the_inception_fields(run, tmp_path, mon
         run, n=32, out=tmp_path / "i.json", log=lambda *_: None, inception_env=inception_weights()
     )
     assert result["inception"]["available"] and result["inception"]["path"] == str(path)
+    assert result["inception"]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     assert isinstance(result["fid_inception"], float) and isinstance(
         result["real_vs_real"]["fid_inception"], float
     )
+
+
+def test_real_statistics_are_cached_beside_the_corpus_per_feature_extractor(run, tmp_path):
+    """The second eval reads the real features (classifier and Inception, keyed by each
+    extractor's sha256) from <corpus>/eval-cache/ instead of reading and judging the images."""
+    path = tmp_path / "inception.pt"
+    torch.jit.script(_TinyInception()).save(str(path))
+    lines: list[str] = []
+    first = evaluate_run(run, n=40, out=tmp_path / "1.json", log=lines.append, inception=path)
+    assert sum(line.startswith("real statistics:") for line in lines) == 2  # classifier + Inception
+    cache = [Path(p) for p in first["real_cache"]]
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert len(cache) == 2 and all(p.parent.name == "eval-cache" for p in cache)
+    assert first["classifier"]["sha256"] and digest[:16] in cache[1].name
+    stamps = [p.stat().st_mtime_ns for p in cache]
+    lines.clear()
+    second = evaluate_run(run, n=40, out=tmp_path / "2.json", log=lines.append, inception=path)
+    assert not any(line.startswith("real statistics:") for line in lines), lines  # nothing recomputed
+    assert [p.stat().st_mtime_ns for p in cache] == stamps
+    assert second["real_vs_real"] == first["real_vs_real"]
+    assert second["fid_inception"] == pytest.approx(first["fid_inception"])
+    # another extractor (another sha256): its own statistics, the classifier's still reused
+    other = tmp_path / "other.pt"
+    torch.jit.script(_StdOnly()).save(str(other))
+    lines.clear()
+    evaluate_run(run, n=40, out=tmp_path / "3.json", log=lines.append, inception=other)
+    computed = [line for line in lines if line.startswith("real statistics:")]
+    assert len(computed) == 1 and "Inception features" in computed[0], lines
+
+
+class _StdOnly(torch.nn.Module):
+    def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
+        return x.std((2, 3))
 
 
 def _evaluator(run):
@@ -315,3 +363,6 @@ def test_eval_of_an_unconditional_run_has_no_accuracy(tmp_path, corpus_cache):
     assert result["accuracy"] is None and result["confusion_matrices"] == {}
     assert result["acc_uniform"] is None and result["acc_per_value"] is None
     assert isinstance(result["fid_classifier"], float) and (run / "eval.json").is_file()
+    # unconditional: diversity over the whole set, one "condition"
+    assert result["diversity_conditions"] == 1 and isinstance(result["diversity"], float)
+    assert isinstance(result["real_vs_real"]["diversity"], float)

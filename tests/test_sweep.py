@@ -249,3 +249,40 @@ def test_sweep_as_a_slurm_job_array(tmp_path, corpus_cache):
     # everything done: a second submission submits nothing
     p = run(cmd, timeout=60)
     assert "all 4 cells done; nothing to submit" in p.stdout, p.stdout
+
+
+def test_report_headline_shows_diversity(tmp_path):
+    """Diversity and fid_div are headline columns (the real-images row holds real-vs-real
+    diversity); diversity_conditions, a count, is not."""
+    from ganscale.sweep.report import report
+
+    for cell, diversity in (("varied", [0.95, 0.9]), ("collapsed", [0.02, 0.04])):
+        for seed, d in enumerate(diversity):
+            run_dir = tmp_path / "runs" / cell / f"seed-{seed}"
+            run_dir.mkdir(parents=True)
+            result = {
+                "format": "ganscale-eval",
+                "n": 64,
+                "accuracy": {"hair": 0.99, "joint": 0.98},
+                "fid_classifier": 2.0,
+                "diversity": d,
+                "diversity_classifier": d / 2,
+                "diversity_conditions": 12,
+                "fid_div": 2.0 / max(min(d, 1.0), 1e-3),
+                "real_accuracy": {"hair": 1.0, "joint": 1.0},
+                "real_vs_real": {"n": 64, "fid_classifier": 0.4, "diversity": 1.01},
+            }
+            (run_dir / "eval.json").write_text(json.dumps(result))
+    md, _ = report([tmp_path / "runs"], show=False)
+    lines = md.read_text().splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert {"diversity", "diversity_classifier", "fid_div"} <= set(header)
+    assert "diversity_conditions" not in header
+    col = header.index("diversity")
+    rows = {
+        r.split("|")[1].strip(): [c.strip() for c in r.strip("|").split("|")]
+        for r in lines[2:]
+        if r.startswith("|")
+    }
+    assert rows["varied"][col] == "0.925 (0.9..0.95)" and rows["collapsed"][col] == "0.03 (0.02..0.04)"
+    assert rows["real images"][col] == "1.01"
