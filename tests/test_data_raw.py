@@ -14,7 +14,7 @@ from ganscale.cli import main
 from ganscale.config import DataConfig
 from ganscale.corpus.pack import pack
 from ganscale.corpus.synth import write_synthetic
-from ganscale.corpus.vocab import EYE_COLOURS, HAIR_COLOURS
+from ganscale.shardformat.vocab import EYE_COLOURS, HAIR_COLOURS
 from ganscale.data.decode import image_bytes, pixels, record_meta
 from ganscale.data.info import read_corpus_info
 from ganscale.data.loader import build_loader

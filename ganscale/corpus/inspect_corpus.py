@@ -12,11 +12,11 @@ from PIL import Image
 from ganscale.corpus.contact_sheet import contact_sheet
 from ganscale.corpus.layouts import scan
 from ganscale.corpus.pack import load_image
-from ganscale.corpus.vocab import format_tags
 from ganscale.data.decode import decode_image, image_bytes, labels_of, record_meta
 from ganscale.data.info import corpus_info
 from ganscale.data.sources import iter_records, local_path, shard_source
 from ganscale.errors import GanscaleError
+from ganscale.shardformat.vocab import format_tags
 
 
 @dataclass
