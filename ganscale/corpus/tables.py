@@ -217,8 +217,10 @@ def choose_attributes(
         for c in columns:
             seen = [v for v in cells[c] if isinstance(v, str)]
             why = why_not_categorical(seen, len(table.rows))
-            if c not in vocab and why and not why.startswith("a different value"):
+            if c not in vocab and why and why.startswith(("empty", "numbers", f"{len(set(seen))} distinct")):
                 raise GanscaleError(f"--attributes: column {c!r} of {table.name} is not categorical: {why}")
+            if why:  # named on purpose: kept (a one-valued or per-row attribute), and said so
+                notes.append(f"attribute {c}: {why}")
     else:
         columns, left_out = [], []
         for c in table.columns:
