@@ -334,3 +334,24 @@ def test_pack_then_inspect_stratified(tmp_path, capsys):
     assert lines and all(font.getlength(line) <= 64 for line in lines) and len(lines) <= 4
     assert lines[0].endswith("...")
     shutil.rmtree(tmp_path / "out")
+
+
+def test_stylegan_dataset_json_in_a_zip(tmp_path, capsys):
+    src = tmp_path / "sg"
+    labels = []
+    for i in range(9):
+        rel = f"{i // 5:05d}/img{i:08d}.png"
+        _img(src / rel, i)
+        labels.append([rel, i % 3])
+    labels[4][1] = [0.0, 1.0]  # a label vector, not a class index: rejected with its reason
+    (src / "dataset.json").write_text(json.dumps({"labels": labels}))
+    z = _zip(src, tmp_path / "sg.zip", None)
+    code, text, err = run([str(z), str(tmp_path / "out"), "--size", "8"], capsys)
+    assert code == 0, err
+    m = manifest(tmp_path / "out")
+    assert m["layout"] == "stylegan" and m["attributes"] == {"label": ["0", "1", "2"]}
+    assert m["class_counts"] == {"label": {"0": 3, "1": 2, "2": 3}} and m["rejects"] == {
+        "unparsable_label": 1
+    }
+    code, _, err = run([str(z), str(tmp_path / "o2"), "--layout", "classes"], capsys)
+    assert code == 2 and "holds StyleGAN labels" in err and "--layout stylegan" in err

@@ -63,7 +63,8 @@ def pack(
         str | None,
         typer.Option(
             "--layout",
-            help="imagefolder, labels, hf, mlds_extra, mlds_faces, classes or plain (default: detect).",
+            help="imagefolder, labels, hf, stylegan, mlds_extra, mlds_faces, classes or plain "
+            "(default: detect).",
         ),
     ] = None,
     split: Annotated[

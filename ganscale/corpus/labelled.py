@@ -10,6 +10,7 @@ source (``a/b.png``), its file name (``b.png``) or its stem (``b``) when that is
 
 from __future__ import annotations
 
+import json
 import posixpath
 from collections import defaultdict
 from pathlib import Path
@@ -237,3 +238,46 @@ def _label_rows(
             "name them with --attributes, or pack with --unconditional"
         )
     return out
+
+
+STYLEGAN_LABELS = "dataset.json"
+"""StyleGAN's dataset tool: ``{"labels": [["00000/img00000000.png", 6], ...]}`` beside the images."""
+
+
+def stylegan_labels(tree: Tree) -> list | None:
+    """The ``labels`` list of a StyleGAN ``dataset.json`` in the source root (None if absent)."""
+    if not tree.exists(STYLEGAN_LABELS):
+        return None
+    try:
+        data = json.loads(tree.read_text(STYLEGAN_LABELS))
+    except json.JSONDecodeError:
+        return None
+    labels = data.get("labels") if isinstance(data, dict) else None
+    return labels if isinstance(labels, list) else None
+
+
+def scan_stylegan(tree: Tree, opts: SourceOptions) -> Scan:
+    """StyleGAN's ``dataset.json``: an integer class label per image -> the attribute ``label``."""
+    entries = stylegan_labels(tree)
+    if entries is None:
+        raise GanscaleError(f"{tree.path(STYLEGAN_LABELS)} has no 'labels' list; --layout stylegan needs one")
+    images = [r for r in tree.files if is_image(r)]
+    if opts.unconditional:
+        found = Scan("stylegan", {}, [Record(_source_id(r), tree.files[r], None) for r in images])
+        found.used.add(STYLEGAN_LABELS)
+        return found
+    table = Table(STYLEGAN_LABELS, ["label"])
+    for n, entry in enumerate(entries):
+        where = f"{STYLEGAN_LABELS} labels[{n}]"
+        if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str)):
+            table.bad_rows.append((where, f"not [file name, label]: {str(entry)[:60]}"))
+            continue
+        value = entry[1]
+        table.rows.append(Row(where, posixpath.normpath(entry[0]), {"label": value}))
+    known = set(images)
+    found = _label_rows(
+        tree, "stylegan", table, images, lambda row: row.key if row.key in known else None, opts
+    )
+    found.used.add(STYLEGAN_LABELS)
+    found.notes.insert(0, f"labels from {STYLEGAN_LABELS} (StyleGAN dataset tool)")
+    return found

@@ -5,6 +5,8 @@
   (``train/``, ``test/``, ...) chosen with ``--split``; without a metadata file the class-folder
   names become the attribute ``label`` (see :mod:`ganscale.corpus.labelled`);
 - ``labels``: any folder + ``--labels FILE.csv|.jsonl --key-column COL``;
+- ``stylegan``: StyleGAN's dataset tool output, images + ``dataset.json``
+  ``{"labels": [[file name, class index], ...]}`` -> the attribute ``label``;
 - ``hf``: a ``datasets`` dataset (``save_to_disk`` folder, parquet files, or a Hub name), read
   through ``datasets`` (:mod:`ganscale.corpus.hf`);
 - ``mlds_extra``: ``images/<id>.<ext>`` + ``tags.csv`` rows ``<id>,<hair> hair <eyes> eyes``;
@@ -26,7 +28,13 @@ import re
 from pathlib import Path
 
 from ganscale.corpus import hf
-from ganscale.corpus.labelled import scan_imagefolder, scan_labels_file
+from ganscale.corpus.labelled import (
+    STYLEGAN_LABELS,
+    scan_imagefolder,
+    scan_labels_file,
+    scan_stylegan,
+    stylegan_labels,
+)
 from ganscale.corpus.source import METADATA_NAMES, SPLIT_NAMES, Record, Reject, Scan, SourceOptions
 from ganscale.corpus.tree import IMAGE_EXTS, Tree
 from ganscale.errors import GanscaleError
@@ -39,7 +47,7 @@ from ganscale.shardformat.vocab import (
     parse_tags,
 )
 
-LAYOUTS = ("imagefolder", "labels", "hf", "mlds_extra", "mlds_faces", "classes", "plain")
+LAYOUTS = ("imagefolder", "labels", "hf", "stylegan", "mlds_extra", "mlds_faces", "classes", "plain")
 LABEL_FILE_EXTS = (".csv", ".jsonl", ".tsv")
 __all__ = ["IMAGE_EXTS", "LAYOUTS", "Record", "Reject", "Scan", "SourceOptions", "detect_layout", "scan"]
 
@@ -58,6 +66,8 @@ def _detect(tree: Tree) -> str:
         return "mlds_faces"
     if any(r.rsplit("/", 1)[-1] in METADATA_NAMES for r in tree.files):
         return "imagefolder"
+    if stylegan_labels(tree) is not None:
+        return "stylegan"
     if any(d.lower() in SPLIT_NAMES for d in tree.subfolders()):
         return "imagefolder"
     if tree.images_in(""):
@@ -94,13 +104,17 @@ def scan(
         layout = "labels" if opts.labels is not None else _detect(tree)
     if opts.split is not None and layout != "imagefolder":
         raise GanscaleError(f"--split is read by --layout imagefolder, not {layout}; drop it")
-    if layout not in ("imagefolder", "labels") and (opts.attributes or opts.key_column or opts.min_count > 1):
+    if layout not in ("imagefolder", "labels", "stylegan") and (
+        opts.attributes or opts.key_column or opts.min_count > 1
+    ):
         raise GanscaleError(
             f"--attributes, --key-column and --min-count apply to label tables (--layout imagefolder "
             f"or --labels), not --layout {layout}"
         )
     if layout in ("imagefolder", "labels"):
         found = scan_imagefolder(tree, opts) if layout == "imagefolder" else scan_labels_file(tree, opts)
+    elif layout == "stylegan":
+        found = scan_stylegan(tree, opts)
     elif layout == "mlds_extra":
         found = _scan_tagged(tree, layout, tree.images_in("images"), "tags.csv", _extra_row, opts)
     elif layout == "mlds_faces":
@@ -118,9 +132,14 @@ def scan(
 
 def refuse_unused_label_files(tree: Tree, found: Scan) -> None:
     """A label file in the source that this layout did not read: one line naming it and the flag."""
+    if STYLEGAN_LABELS not in found.used and stylegan_labels(tree) is not None:
+        raise GanscaleError(
+            f"{tree.path(STYLEGAN_LABELS)} holds StyleGAN labels but --layout {found.layout} does not read "
+            "them; read them with --layout stylegan (or --unconditional to pack without labels)"
+        )
     for rel in tree.files:
         name = rel.rsplit("/", 1)[-1]
-        if not name.lower().endswith(LABEL_FILE_EXTS) or rel in found.used:
+        if not name.lower().endswith(LABEL_FILE_EXTS) or rel in found.used or name == "rejects.jsonl":
             continue
         if any(rel.startswith(d.rstrip("/") + "/") for d in found.ignored):
             continue
