@@ -29,8 +29,14 @@ def looks_like_hf(src: Path) -> bool:
         (src / "state.json").is_file() and (src / "dataset_info.json").is_file()
     ):
         return True
-    files = [p for p in src.rglob("*") if p.is_file() and not p.name.startswith(".")]
-    return bool(files) and all(p.suffix.lower() == ".parquet" for p in files if p.name != "README.md")
+    seen = False
+    for p in src.rglob("*"):  # stops at the first file that is not parquet
+        if p.name.startswith(".") or p.name == "README.md" or not p.is_file():
+            continue
+        if p.suffix.lower() != ".parquet":
+            return False
+        seen = True
+    return seen
 
 
 def _datasets() -> Any:

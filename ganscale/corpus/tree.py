@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import posixpath
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,9 @@ class Tree:
         self.label = label
         self.files = dict(sorted(files.items()))
         self.is_zip = is_zip
+        self._direct: dict[str, list[str]] = {}  # folder -> the files directly in it (sorted)
+        for rel in self.files:
+            self._direct.setdefault(posixpath.dirname(rel), []).append(rel)
 
     @classmethod
     def open(cls, src: str | Path) -> Tree:
@@ -107,11 +111,9 @@ class Tree:
     def images_in(self, folder: str = "") -> dict[str, str]:
         """stem -> rel path of the images directly in ``folder`` (first extension wins)."""
         out: dict[str, str] = {}
-        p = folder.rstrip("/") + "/" if folder else ""
-        for rel in self.under(folder):
-            rest = rel[len(p) :]
-            if "/" not in rest and is_image(rest):
-                out.setdefault(os.path.splitext(rest)[0], rel)
+        for rel in self._direct.get(folder.rstrip("/"), []):
+            if is_image(rel):
+                out.setdefault(posixpath.splitext(posixpath.basename(rel))[0], rel)
         return out
 
     def subfolders(self, folder: str = "") -> list[str]:
