@@ -355,3 +355,23 @@ def test_stylegan_dataset_json_in_a_zip(tmp_path, capsys):
     }
     code, _, err = run([str(z), str(tmp_path / "o2"), "--layout", "classes"], capsys)
     assert code == 2 and "holds StyleGAN labels" in err and "--layout stylegan" in err
+
+
+def test_labels_file_inside_the_source_and_its_zip(tmp_path, capsys):
+    src = tmp_path / "src"
+    for i in range(6):
+        _img(src / "a" / f"{i}.png", i)
+    (src / "labels.jsonl").write_text(
+        "".join(json.dumps({"img": f"a/{i}.png", "colour": "rb"[i % 2]}) + "\n" for i in range(6))
+    )
+    code, text, err = run(
+        [str(src), str(tmp_path / "o1"), "--labels", str(src / "labels.jsonl"), "--key-column", "img"], capsys
+    )
+    assert code == 0, err  # the labels file is read, so it is not an unused one
+    assert manifest(tmp_path / "o1")["class_counts"] == {"colour": {"b": 3, "r": 3}}
+    z = _zip(src, tmp_path / "s.zip", None)
+    code, text, err = run(
+        [str(z), str(tmp_path / "o2"), "--labels", "labels.jsonl", "--key-column", "img"], capsys
+    )
+    assert code == 0, err  # a labels file inside the zip, named by its path there
+    assert manifest(tmp_path / "o2")["class_counts"] == {"colour": {"b": 3, "r": 3}}
