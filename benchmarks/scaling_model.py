@@ -21,7 +21,7 @@ from ganscale.models import build_discriminator, build_generator
 
 def count(path: str) -> dict:
     cfg = load_config(path)
-    from ganscale.corpus.vocab import MLDS_ATTRIBUTES  # the study's tags: hair and eye colours
+    from ganscale.shardformat.vocab import MLDS_ATTRIBUTES  # the study's tags: hair and eye colours
 
     num_classes = [len(v) for v in MLDS_ATTRIBUTES.values()] if cfg.model.conditional else []
     G = build_generator(cfg.model, num_classes)

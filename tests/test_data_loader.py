@@ -18,12 +18,12 @@ from ganscale.cli import main
 from ganscale.config import DataConfig
 from ganscale.corpus.pack import pack
 from ganscale.corpus.synth import write_synthetic
-from ganscale.corpus.vocab import EYE_COLOURS, HAIR_COLOURS
 from ganscale.data.info import read_corpus_info
 from ganscale.data.loader import ShardStream, build_loader
 from ganscale.data.sources import iter_records
 from ganscale.data.tarscan import read_records
 from ganscale.errors import GanscaleError
+from ganscale.shardformat.vocab import EYE_COLOURS, HAIR_COLOURS
 
 N, SHARDS, B, S = 64, 8, 16, 16
 
@@ -165,8 +165,12 @@ def test_corrupt_sample_and_truncated_shard_are_skipped(corpus, tmp_path):
         for i in range(8):
             png = b"\x89PNG garbage" if i == 3 else _png(i)
             w.write({"__key__": f"x{i}", "png": png, "json": {"labels": {"hair": 1, "eyes": 2}}})
+    with tarfile.open(bad / "data-000001.tar") as tf:  # truncated mid-shard, inside a member's data
+        members = tf.getmembers()
+        m = members[len(members) // 2]
+        cut = m.offset_data + max(1, m.size // 2)
     data = (bad / "data-000001.tar").read_bytes()
-    (bad / "data-000001.tar").write_bytes(data[: len(data) // 2])  # truncated mid-shard
+    (bad / "data-000001.tar").write_bytes(data[:cut])
     s = stream(bad, shuffle_buffer=0)
     batches = take(s, s.batches_per_epoch * 2)
     assert all(b[0].shape == (B, 3, S, S) for b in batches)

@@ -14,8 +14,8 @@ from ganscale.cli import main
 from ganscale.corpus.layouts import detect_layout
 from ganscale.corpus.pack import pack
 from ganscale.corpus.synth import write_synthetic
-from ganscale.corpus.vocab import EYE_COLOURS, HAIR_COLOURS
 from ganscale.errors import GanscaleError
+from ganscale.shardformat.vocab import EYE_COLOURS, HAIR_COLOURS
 
 N = 30
 

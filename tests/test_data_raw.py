@@ -14,12 +14,12 @@ from ganscale.cli import main
 from ganscale.config import DataConfig
 from ganscale.corpus.pack import pack
 from ganscale.corpus.synth import write_synthetic
-from ganscale.corpus.vocab import EYE_COLOURS, HAIR_COLOURS
 from ganscale.data.decode import image_bytes, pixels, record_meta
 from ganscale.data.info import read_corpus_info
 from ganscale.data.loader import build_loader
 from ganscale.data.sources import iter_records
 from ganscale.errors import GanscaleError
+from ganscale.shardformat.vocab import EYE_COLOURS, HAIR_COLOURS
 
 N, S = 40, 16
 

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from ganscale.corpus.cli import data_app
 from ganscale.corpus.synth import EYE_RGB, HAIR_RGB, face_labels, iter_faces, write_synthetic
-from ganscale.corpus.vocab import EYE_COLOURS, HAIR_COLOURS, MLDS_ATTRIBUTES, parse_tags
+from ganscale.shardformat.vocab import EYE_COLOURS, HAIR_COLOURS, MLDS_ATTRIBUTES, parse_tags
 
 
 def _digest(folder):

@@ -4,8 +4,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ganscale.corpus.vocab import EYE_COLOURS, HAIR_COLOURS, MLDS_ATTRIBUTES, format_tags, parse_tags
 from ganscale.errors import GanscaleError
+from ganscale.shardformat.vocab import EYE_COLOURS, HAIR_COLOURS, MLDS_ATTRIBUTES, format_tags, parse_tags
 
 
 def test_mlds_vocabulary_order():

@@ -3,13 +3,18 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import pytest
 from faultlib import record
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ganscale.corpus.layouts import _extra_row, _faces_row, scan
-from ganscale.corpus.vocab import (
+from ganscale.errors import GanscaleError
+from ganscale.outputs.sampling import labels_for, parse_conditions
+from ganscale.shardformat.vocab import (
     EYE_COLOURS,
     HAIR_COLOURS,
     MLDS_ATTRIBUTES,
@@ -17,8 +22,6 @@ from ganscale.corpus.vocab import (
     format_tags,
     parse_tags,
 )
-from ganscale.errors import GanscaleError
-from ganscale.outputs.sampling import labels_for, parse_conditions
 
 pytestmark = pytest.mark.faults
 
@@ -102,7 +105,7 @@ def test_scan_of_garbage_csv_counts_rejects(tmp_path, data, kind):
     from PIL import Image
 
     _n["scan"] += 1
-    src = tmp_path / "src"
+    src = Path(tempfile.mkdtemp(dir=tmp_path))  # fresh per example: one csv kind per source
     images = src / "images" if kind == "tags.csv" else src
     images.mkdir(parents=True, exist_ok=True)
     for i in range(3):

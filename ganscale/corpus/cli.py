@@ -46,7 +46,11 @@ def synth(
 @data_app.command()
 def pack(
     src: Annotated[
-        Path, typer.Argument(help="Source folder (MLDS extra_data / faces, class folders, images).")
+        Path,
+        typer.Argument(
+            help="Source: a folder (imagefolder, class folders, MLDS, images), a .zip of one, "
+            "a datasets folder / parquet file, or (--layout hf) a Hub dataset name."
+        ),
     ],
     out: Annotated[Path, typer.Argument(help="Output folder for shards, dataset.json, rejects.jsonl.")],
     size: Annotated[int, size_option("Output image size (centre crop + Lanczos).")] = 64,
@@ -57,28 +61,86 @@ def pack(
     per_shard: Annotated[int, typer.Option("--per-shard", help="Samples per shard.")] = 1000,
     layout: Annotated[
         str | None,
-        typer.Option("--layout", help="mlds_extra, mlds_faces, classes or plain (default: detect)."),
+        typer.Option(
+            "--layout",
+            help="imagefolder, labels, hf, stylegan, mlds_extra, mlds_faces, classes or plain "
+            "(default: detect).",
+        ),
     ] = None,
+    split: Annotated[
+        str | None,
+        typer.Option("--split", help="imagefolder / hf: the split folder or split to pack (default train)."),
+    ] = None,
+    labels: Annotated[
+        Path | None,
+        typer.Option("--labels", help="A labels file (.csv or .jsonl) for the images under SRC."),
+    ] = None,
+    key_column: Annotated[
+        str | None,
+        typer.Option(
+            "--key-column",
+            help="The labels column naming each image (path, file name or stem; default file_name).",
+        ),
+    ] = None,
+    attributes: Annotated[
+        str | None,
+        typer.Option(
+            "--attributes",
+            help="Comma-separated label columns to condition on (default: every categorical one).",
+        ),
+    ] = None,
+    min_count: Annotated[
+        int, typer.Option("--min-count", help="Reject rows whose value is seen fewer times than this.")
+    ] = 1,
+    image_column: Annotated[
+        str | None,
+        typer.Option("--image-column", help="hf: the image column (default: the one Image feature)."),
+    ] = None,
+    seed: Annotated[
+        int,
+        seed_option("Shuffle seed: records are mixed before being cut into shards (same seed, same order)."),
+    ] = 0,
     name: Annotated[str, typer.Option("--name", help="Shard name prefix: OUT/<name>-000000.tar.")] = "data",
     unconditional: Annotated[
         bool, typer.Option("--unconditional", help="Ignore labels; keep every readable image.")
     ] = False,
     progress: ProgressOpt = True,
 ) -> None:
-    """Pack images into WebDataset shards (+ dataset.json manifest, rejects.jsonl)."""
+    """Pack images into WebDataset shards (+ dataset.json manifest, rejects.jsonl).
+
+    Prints the layout read and the attributes chosen, then each attribute's value counts and
+    the kept / rejected counts.
+    """
+    from ganscale.corpus.layouts import SourceOptions
     from ganscale.corpus.pack import pack as run_pack
 
+    chosen = [a.strip() for a in attributes.split(",") if a.strip()] if attributes is not None else None
+    if chosen is not None and not chosen:
+        raise GanscaleError("--attributes is empty; name label columns, e.g. --attributes vendor,category")
+    options = SourceOptions(
+        layout=layout,
+        unconditional=unconditional,
+        split=split,
+        labels=labels,
+        key_column=key_column,
+        attributes=chosen,
+        min_count=min_count,
+        image_column=image_column,
+    )
     result = run_pack(
         src,
         out,
         size=size,
         fmt=fmt,
         per_shard=per_shard,
-        layout=layout,
         name=name,
-        unconditional=unconditional,
         progress=progress,
+        seed=seed,
+        options=options,
+        echo=typer.echo,
     )
+    for line in result.value_counts():
+        typer.echo(line)
     typer.echo(result.summary())
 
 

@@ -1,10 +1,17 @@
-"""`ganscale data inspect`: counts, per-class histogram and a contact sheet with tags."""
+"""`ganscale data inspect`: counts, per-class histogram and a contact sheet drawn across classes.
+
+The sheet is a stratified sample: the records are grouped by their labels (every attribute's
+value together) and drawn round-robin over the groups, so every class shows up (when there are
+more groups than cells, groups spread evenly over their sorted order), not the first ``n``.
+"""
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import webdataset as wds
 from PIL import Image
@@ -12,11 +19,16 @@ from PIL import Image
 from ganscale.corpus.contact_sheet import contact_sheet
 from ganscale.corpus.layouts import scan
 from ganscale.corpus.pack import load_image
-from ganscale.corpus.vocab import format_tags
-from ganscale.data.decode import decode_image, image_bytes, labels_of, record_meta
+from ganscale.data.decode import LabelReader, decode_image, image_bytes, record_meta
 from ganscale.data.info import corpus_info
 from ganscale.data.sources import iter_records, local_path, shard_source
 from ganscale.errors import GanscaleError
+from ganscale.shardformat import MANIFEST
+
+SCAN_WITH_COUNTS = 4096
+"""Records read to draw the sheet when dataset.json already has the counts (shards are mixed)."""
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -33,39 +45,83 @@ class Inspection:
     sheet: Image.Image | None
 
 
+def stratified(groups: dict[tuple[int, ...], list[T]], n: int) -> list[tuple[tuple[int, ...], T]]:
+    """Up to ``n`` items drawn round-robin over the groups (sorted by key), as (key, item).
+
+    With more groups than ``n``, ``n`` groups spread evenly over the sorted keys are used.
+    """
+    keys = sorted(groups)
+    if len(keys) > n:
+        keys = [keys[round(k * (len(keys) - 1) / max(1, n - 1))] for k in range(n)] if n > 1 else keys[:1]
+    picked: list[tuple[tuple[int, ...], T]] = []
+    depth = 0
+    while len(picked) < n:
+        added = False
+        for k in keys:
+            if depth < len(groups[k]) and len(picked) < n:
+                picked.append((k, groups[k][depth]))
+                added = True
+        if not added:
+            break
+        depth += 1
+    picked.sort(key=lambda kv: kv[0])
+    return picked
+
+
+def caption(labels: Iterable[int], attributes: dict[str, list[str]]) -> list[str]:
+    """One line per attribute: ``aqua hair`` for the MLDS colours, the value name otherwise."""
+    lines = []
+    for (attr, values), i in zip(attributes.items(), labels, strict=False):
+        name = values[i] if 0 <= i < len(values) else "?"
+        lines.append(f"{name} {attr}" if attr in ("hair", "eyes") else name)
+    return lines
+
+
 def _is_raw_folder(target: str) -> bool:
     p = local_path(target)
-    return p is not None and p.is_dir() and not (p / "dataset.json").is_file() and not any(p.glob("*.tar"))
+    if p is None:
+        return False
+    if p.is_file() and p.suffix.lower() == ".zip":
+        return True
+    return p.is_dir() and not (p / MANIFEST).is_file() and not any(p.glob("*.tar"))
 
 
-def inspect_corpus(target: str, n: int = 64, cell: int = 64) -> Inspection:
+def inspect_corpus(target: str, n: int = 64, cell: int = 80) -> Inspection:
     """Read counts (from dataset.json, or by streaming the labels) and draw ``n`` records."""
     if _is_raw_folder(target):
         return _inspect_source_folder(Path(target), n, cell)
     src = shard_source(target, allow_pipe=False)
     info = corpus_info(src)
     m = src.manifest or {}
-    images, captions = [], []
+    reader = LabelReader(info.attributes)
+    groups: dict[tuple[int, ...], list[tuple[bytes, str]]] = defaultdict(list)
     counts = {a: Counter() for a in info.attributes}
     unlabelled, total = 0, 0
     have_counts = bool(m.get("class_counts")) and src.origin == str(local_path(target))
     for record in iter_records(info.shard_urls, on_error=wds.warn_and_continue):
-        if len(images) >= n and have_counts:
+        if have_counts and total >= SCAN_WITH_COUNTS:
             break
         try:
-            labels = labels_of(record, record_meta(record), info.attributes)
-            if len(images) < n:
-                images.append(decode_image(image_bytes(record), info.image_size))
-                caption = format_tags(labels, info.attributes) if info.attributes else ""
-                captions.append(caption or str(record.get("__key__", "")))
+            labels = reader(record, record_meta(record))
+            data = image_bytes(record)
         except Exception:
             continue
         total += 1
+        key = tuple(labels)
+        if len(groups[key]) < n:
+            groups[key].append((data, str(record.get("__key__", ""))))
         if -1 in labels or not labels:
             unlabelled += 1
         for (a, values), i in zip(info.attributes.items(), labels, strict=False):
             if i >= 0:
                 counts[a][values[i]] += 1
+    images, captions = [], []
+    for key, (data, rkey) in stratified(groups, n):
+        try:
+            images.append(decode_image(data, info.image_size))
+        except Exception:
+            continue
+        captions.append(caption(key, info.attributes) if info.attributes else [rkey])
     if have_counts:
         class_counts = {a: dict(c) for a, c in m["class_counts"].items()}
         unlabelled, num = int(m.get("unlabelled", 0)), info.num_records
@@ -89,26 +145,27 @@ def inspect_corpus(target: str, n: int = 64, cell: int = 64) -> Inspection:
 
 def _inspect_source_folder(folder: Path, n: int, cell: int) -> Inspection:
     found = scan(folder)
+    if not found.records:
+        raise GanscaleError(f"no usable images in {folder}")
     counts = {a: Counter() for a in found.attributes}
+    groups: dict[tuple[int, ...], list[Any]] = defaultdict(list)
     unlabelled = 0
     for r in found.records:
+        key = tuple(r.labels[a] for a in found.attributes) if r.labels else ()
+        if len(groups[key]) < n:
+            groups[key].append(r)
         if not r.labels:
             unlabelled += 1
             continue
         for a, i in r.labels.items():
             counts[a][found.attributes[a][i]] += 1
     images, captions = [], []
-    for r in found.records:
-        if len(images) >= n:
-            break
+    for key, r in stratified(groups, n):
         try:
             images.append(load_image(r.path, cell))
         except Exception:
             continue
-        labels = [r.labels[a] for a in found.attributes] if r.labels else []
-        captions.append(format_tags(labels, found.attributes) if labels else r.source_id)
-    if not found.records:
-        raise GanscaleError(f"no usable images in {folder}")
+        captions.append(caption(key, found.attributes) if key else [r.source_id])
     return Inspection(
         str(folder),
         found.layout,

@@ -9,7 +9,9 @@ A record is ``<key>.<format>`` + ``<key>.json`` in the tar (WebDataset's groupin
   json.loads(s["json"])["shape"])``; shards written with ``webdataset.TarWriter`` in these
   keys feed ganscale's loader. 4x the size of PNG at 64 px, and no decoding at all.
 
-The json also holds ``{"id": source id, "labels": {attr: index}, "names": {attr: name}}``.
+The json also holds ``{"id": source id, "labels": {attr: index}, "names": {attr: name}}``; the
+format (keys, json fields, ``dataset.json`` and its attribute vocabulary) is defined in
+:mod:`ganscale.shardformat`, which the readers in :mod:`ganscale.data` share.
 
 Every shard is written as ``<name>-NNNNNN.tar.partial`` and renamed when complete; the
 manifest is removed first and written last (also via a temporary name), so a crash or
@@ -21,9 +23,10 @@ from __future__ import annotations
 import io
 import json
 import os
+import random
 import re
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,41 +35,28 @@ import numpy as np
 import webdataset as wds
 from PIL import Image
 
-from ganscale.corpus.layouts import Reject, scan
+from ganscale.corpus.layouts import Reject, SourceOptions, scan
 from ganscale.corpus.progress import progress_bar
 from ganscale.errors import GanscaleError
+from ganscale.shardformat import (
+    FORMAT_VERSION,
+    FORMATS,
+    JSON_KEY,
+    MANIFEST,
+    RAW_KEY,
+    REJECTS,
+    build_manifest,
+    image_key,
+    read_manifest,
+    record_json,
+    record_key,
+    shard_name,
+    shard_pattern,
+)
+from ganscale.shardformat.pixels import fit_square, to_rgb
 
-MANIFEST = "dataset.json"
-REJECTS = "rejects.jsonl"
-FORMAT_VERSION = 1
-
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Grayscale, palette, CMYK and alpha images -> RGB (alpha composited over white)."""
-    if img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
-    if img.mode in ("RGBA", "LA", "PA"):
-        img = img.convert("RGBA")
-        bg = Image.new("RGBA", img.size, (255, 255, 255, 255))
-        return Image.alpha_composite(bg, img).convert("RGB")
-    return img if img.mode == "RGB" else img.convert("RGB")
-
-
-def fit_square(img: Image.Image, size: int) -> Image.Image:
-    """Centre-crop to a square and resize to ``size`` (Lanczos; a box pre-reduce for big images)."""
-    w, h = img.size
-    if w != h:
-        s = min(w, h)
-        left, top = (w - s) // 2, (h - s) // 2
-        img = img.crop((left, top, left + s, top + s))
-    if img.size != (size, size):
-        img = img.resize((size, size), Image.Resampling.LANCZOS, reducing_gap=3.0)
-    return img
-
-
-RAW_KEY = "u8"
-"""Record key of raw pixels (``--format raw``)."""
-FORMATS = ("png", "jpg", "raw")
+# Names other modules import from here (the format lives in ganscale.shardformat).
+__all__ = ["FORMAT_VERSION", "MANIFEST", "RAW_KEY", "REJECTS", "fit_square", "read_manifest", "to_rgb"]
 
 
 def encode(img: Image.Image, fmt: str, png_level: int = 6) -> bytes:
@@ -80,25 +70,15 @@ def encode(img: Image.Image, fmt: str, png_level: int = 6) -> bytes:
     return buf.getvalue()
 
 
-def load_image(path: Path, size: int) -> Image.Image:
-    """Decode fully (so a truncated file fails here), make RGB, fit to ``size``."""
-    with Image.open(path) as im:
+def load_image(ref: Any, size: int) -> Image.Image:
+    """Decode fully (so a truncated file fails here), make RGB, fit to ``size``.
+
+    ``ref``: a file path, or anything with ``read() -> bytes`` (a zip member, a dataset row).
+    """
+    src = ref if isinstance(ref, (str, Path)) else io.BytesIO(ref.read())
+    with Image.open(src) as im:
         im.load()
         return fit_square(to_rgb(im), size)
-
-
-_KEY_BAD = re.compile(r"[^A-Za-z0-9_-]+")
-
-
-def record_key(source_id: str, taken: set[str]) -> str:
-    """A WebDataset-safe key (no dots or slashes: the first dot splits key from extension)."""
-    key = _KEY_BAD.sub("_", source_id).strip("_") or "x"
-    base, k = key, 1
-    while key in taken:
-        k += 1
-        key = f"{base}_{k}"
-    taken.add(key)
-    return key
 
 
 class ShardSink:
@@ -112,7 +92,7 @@ class ShardSink:
         self._count = 0
 
     def _open(self) -> None:
-        fname = f"{self.name}-{len(self.shards):06d}.tar"
+        fname = shard_name(self.name, len(self.shards))
         self._file = open(self.out / (fname + ".partial"), "wb")  # noqa: SIM115 - closed in _close
         # mtime fixed: same input, same bytes.
         self._writer = wds.TarWriter(self._file, encoder=False, mtime=0)  # int: no PAX header per file
@@ -159,6 +139,9 @@ class PackResult:
     kept: int
     num_shards: int
     rejects: Counter = field(default_factory=Counter)
+    attributes: dict[str, list[str]] = field(default_factory=dict)
+    counts: dict[str, list[int]] = field(default_factory=dict)
+    """Records kept per value: ``counts[attr][i]`` for ``attributes[attr][i]``."""
 
     def summary(self) -> str:
         skipped = sum(self.rejects.values())
@@ -166,11 +149,19 @@ class PackResult:
         tail = f"; skipped {skipped}: {why}" if skipped else "; skipped 0"
         return f"packed {self.kept} images into {self.num_shards} shards in {self.out}{tail}"
 
+    def value_counts(self) -> list[str]:
+        """One line per attribute: ``vendor (2 values): google 1906, twitter 1906``."""
+        return [
+            f"{a} ({len(vals)} values): "
+            + ", ".join(f"{v} {c}" for v, c in zip(vals, self.counts[a], strict=True))
+            for a, vals in self.attributes.items()
+        ]
+
 
 def _clear_previous(out: Path, name: str) -> None:
     """Remove the manifest first (the old one would describe a mix), then our stale shards."""
     (out / MANIFEST).unlink(missing_ok=True)
-    pattern = re.compile(rf"^{re.escape(name)}-\d{{6}}\.tar(\.partial)?$")
+    pattern = shard_pattern(name)
     for p in out.iterdir():
         if pattern.match(p.name):
             p.unlink()
@@ -185,8 +176,20 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def check_pack_args(fmt: str, per_shard: int, name: str, size: int = 64) -> None:
+    """Refuse bad flags before anything is read or written."""
+    if fmt not in FORMATS:
+        raise GanscaleError(f"--format {fmt!r}: use png, jpg or raw (uint8 pixels, no decoding)")
+    if per_shard < 1:
+        raise GanscaleError(f"--per-shard {per_shard}: must be >= 1")
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name):
+        raise GanscaleError(f"--name {name!r}: use letters, digits, '_', '-' and '.'")
+    if size < 4:
+        raise GanscaleError(f"--size {size}: must be >= 4")
+
+
 def write_shards(
-    items: Iterable[tuple[str, Image.Image | Path, dict[str, int] | None]],
+    items: Iterable[tuple],
     out: str | Path,
     *,
     attributes: dict[str, list[str]],
@@ -200,18 +203,16 @@ def write_shards(
     total: int | None = None,
     progress: bool = False,
     png_level: int = 6,
+    shuffle_seed: int | None = None,
 ) -> PackResult:
-    """Pack ``(source_id, image or path, labels)`` items into shards + manifest + rejects list.
+    """Pack ``(source_id, image, labels[, key])`` items into shards + manifest + rejects list.
 
-    Paths are decoded here; an unreadable image becomes a reject (never fatal). Raises
-    :class:`GanscaleError` only if nothing usable was found (after writing ``rejects.jsonl``).
+    ``image`` is a PIL image, a path or anything with ``read() -> bytes``; those are decoded
+    here, and an unreadable one becomes a reject (never fatal). Without a key one is made from
+    the source id. Raises :class:`GanscaleError` only if nothing usable was found (after
+    writing ``rejects.jsonl``).
     """
-    if fmt not in FORMATS:
-        raise GanscaleError(f"--format {fmt!r}: use png, jpg or raw (uint8 pixels, no decoding)")
-    if per_shard < 1:
-        raise GanscaleError(f"--per-shard {per_shard}: must be >= 1")
-    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name):
-        raise GanscaleError(f"--name {name!r}: use letters, digits, '_', '-' and '.'")
+    check_pack_args(fmt, per_shard, name, size)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _clear_previous(out, name)
@@ -222,31 +223,28 @@ def write_shards(
     sink = ShardSink(out, name, per_shard)
     try:
         with progress_bar(f"pack {out.name}", total, enabled=progress) as advance:
-            for source_id, image, labels in items:
+            for source_id, image, labels, *key in items:
                 advance(1)
-                if isinstance(image, Path):
+                if isinstance(image, Image.Image):
+                    img = fit_square(to_rgb(image), size)
+                else:
                     try:
                         img = load_image(image, size)
                     except Exception as e:  # PIL raises many types for bad files
                         rejects.append(Reject("unreadable_image", str(image), f"{type(e).__name__}: {e}"))
                         continue
-                else:
-                    img = fit_square(to_rgb(image), size)
-                meta: dict[str, Any] = {"id": source_id, "labels": {}, "names": {}}
-                if labels:
-                    meta["labels"] = {a: int(labels[a]) for a in attributes if a in labels}
-                    meta["names"] = {a: attributes[a][i] for a, i in meta["labels"].items()}
+                shape = (img.size[1], img.size[0], 3) if fmt == "raw" else None
+                meta = record_json(source_id, labels, attributes, shape)
+                if meta["labels"]:
                     for a, i in meta["labels"].items():
                         counts[a][i] += 1
                 else:
                     unlabelled += 1
-                if fmt == "raw":
-                    meta |= {"shape": [img.size[1], img.size[0], 3], "dtype": "uint8"}
                 sink.write(
                     {
-                        "__key__": record_key(source_id, taken),
-                        RAW_KEY if fmt == "raw" else fmt: encode(img, fmt, png_level),
-                        "json": json.dumps(meta, sort_keys=True).encode(),
+                        "__key__": key[0] if key else record_key(source_id, taken),
+                        image_key(fmt): encode(img, fmt, png_level),
+                        JSON_KEY: json.dumps(meta, sort_keys=True).encode(),
                     }
                 )
         shards = sink.close()
@@ -256,28 +254,24 @@ def write_shards(
     reasons = Counter(r.reason for r in rejects)
     _write_atomic(out / REJECTS, "".join(json.dumps(r.to_dict()) + "\n" for r in rejects))
     kept = sum(s["num_samples"] for s in shards)
-    result = PackResult(out, kept, len(shards), reasons)
+    result = PackResult(out, kept, len(shards), reasons, attributes, counts)
     if kept == 0:
         raise GanscaleError(
             f"no usable images in {source or out}: {result.summary().split('; ', 1)[-1]}; see {out / REJECTS}"
         )
-    manifest = {
-        "format": "ganscale-webdataset",
-        "version": FORMAT_VERSION,
-        "name": name,
-        "num_samples": kept,
-        "num_shards": len(shards),
-        "shards": shards,
-        "image_size": size,
-        "image_format": fmt,
-        "layout": layout,
-        "source": source,
-        "attributes": attributes,
-        "attribute_index": {a: {v: i for i, v in enumerate(vals)} for a, vals in attributes.items()},
-        "class_counts": {a: dict(zip(attributes[a], c, strict=True)) for a, c in counts.items()},
-        "unlabelled": unlabelled,
-        "rejects": dict(sorted(reasons.items())),
-    }
+    manifest = build_manifest(
+        name=name,
+        shards=shards,
+        image_size=size,
+        image_format=fmt,
+        layout=layout,
+        source=source,
+        attributes=attributes,
+        counts=counts,
+        unlabelled=unlabelled,
+        rejects=reasons,
+        shuffle_seed=shuffle_seed,
+    )
     _write_atomic(out / MANIFEST, json.dumps(manifest, indent=1) + "\n")
     return result
 
@@ -293,14 +287,32 @@ def pack(
     name: str = "data",
     unconditional: bool = False,
     progress: bool = False,
+    seed: int = 0,
+    options: SourceOptions | None = None,
+    echo: Callable[[str], None] | None = None,
 ) -> PackResult:
-    """Pack a source folder (layout detected unless given) into WebDataset shards."""
-    if size < 4:
-        raise GanscaleError(f"--size {size}: must be >= 4")
-    found = scan(src, layout, unconditional)
-    items: Iterator[tuple[str, Image.Image | Path, dict[str, int] | None]] = (
-        (r.source_id, r.path, r.labels) for r in found.records
-    )
+    """Pack a source (layout detected unless given) into WebDataset shards.
+
+    Everything is read and checked (flags, layout, label files, attributes) before ``out`` is
+    touched; ``echo`` gets what was read (layout, attributes chosen, files not read). Records
+    get their keys in source order and are then shuffled with ``seed``, so every shard holds a
+    mix close to the corpus's, and the order is the same for the same seed.
+    """
+    check_pack_args(fmt, per_shard, name, size)
+    opts = options or SourceOptions(layout=layout, unconditional=unconditional)
+    found = scan(src, options=opts)
+    if not found.records:
+        why = ", ".join(f"{r} {c}" for r, c in sorted(Counter(r.reason for r in found.rejects).items()))
+        first = found.rejects[0] if found.rejects else None
+        eg = f" (first: {first.item}: {first.detail})" if first else ""
+        raise GanscaleError(f"no usable images in {src}" + (f": rejected {why}{eg}" if why else ""))
+    if echo is not None:
+        echo(f"layout {found.layout}")
+        for note in found.notes:
+            echo(f"  {note}")
+    taken: set[str] = set()
+    items = [(r.source_id, r.path, r.labels, record_key(r.source_id, taken)) for r in found.records]
+    random.Random(seed).shuffle(items)
     return write_shards(
         items,
         out,
@@ -312,21 +324,7 @@ def pack(
         layout=found.layout,
         source=str(src),
         rejects=found.rejects,
-        total=len(found.records),
+        total=len(items),
         progress=progress,
+        shuffle_seed=seed,
     )
-
-
-def read_manifest(folder: str | Path) -> dict[str, Any]:
-    path = Path(folder) / MANIFEST
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise GanscaleError(
-            f"{path} not found; pack the corpus with `ganscale data pack SRC {folder}`"
-        ) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise GanscaleError(f"{path} is not valid JSON ({e}); re-run `ganscale data pack`") from None
-    if not isinstance(data, dict) or "shards" not in data:
-        raise GanscaleError(f"{path} has no 'shards' list; re-run `ganscale data pack`")
-    return data

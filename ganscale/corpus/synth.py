@@ -17,7 +17,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from ganscale.corpus.vocab import EYE_COLOURS, HAIR_COLOURS
+from ganscale.shardformat.vocab import EYE_COLOURS, HAIR_COLOURS
 
 SYNTH_VERSION = 1
 """Bump when the drawing changes: it keys the cached built-in corpus."""

@@ -17,7 +17,7 @@ from filelock import FileLock
 
 from ganscale.corpus.pack import MANIFEST, write_shards
 from ganscale.corpus.synth import SYNTH_VERSION, iter_faces
-from ganscale.corpus.vocab import MLDS_ATTRIBUTES
+from ganscale.shardformat.vocab import MLDS_ATTRIBUTES
 
 
 def synthetic_corpus_name(n: int, size: int, seed: int) -> str:

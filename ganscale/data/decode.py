@@ -30,12 +30,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ganscale.corpus.pack import fit_square, to_rgb
-from ganscale.corpus.vocab import TagError, parse_tags
+from ganscale.shardformat import IMAGE_KEYS, RAW_KEY, raw_shape
+from ganscale.shardformat.pixels import fit_square, to_rgb
+from ganscale.shardformat.vocab import TagError, parse_tags
 
-IMAGE_KEYS = ("png", "jpg", "jpeg", "webp", "bmp", "ppm", "img")
-RAW_KEY = "u8"
-"""Record key of raw uint8 pixels (shape and dtype in the record's json)."""
+__all__ = ["IMAGE_KEYS", "RAW_KEY", "raw_shape"]  # re-exported: readers import them from here too
 _FORMATS = {
     "png": ["PNG"],
     "jpg": ["JPEG"],
@@ -72,23 +71,6 @@ def _parse_json(raw: bytes | str) -> Any:
         if end == len(text):
             return obj
     return json.loads(raw)  # everything else, and its errors, as json.loads has them
-
-
-def raw_shape(meta: dict[str, Any], nbytes: int, key: Any = None) -> tuple[int, int, int]:
-    """``[H, W, C]`` of a raw record, checked against its byte count (C in 1, 3, 4)."""
-    shape, dtype = meta.get("shape"), meta.get("dtype", "uint8")
-    if dtype != "uint8":
-        raise ValueError(f"raw record {key!r}: dtype {dtype!r}, only uint8 is read")
-    if (
-        not isinstance(shape, list)
-        or len(shape) not in (2, 3)
-        or not all(isinstance(d, int) and d > 0 for d in shape)
-    ):
-        raise ValueError(f"raw record {key!r}: json 'shape' {shape!r} is not [H, W, 3]")
-    h, w, c = (*shape, 1) if len(shape) == 2 else shape
-    if c not in (1, 3, 4) or h * w * c != nbytes:
-        raise ValueError(f"raw record {key!r}: shape {shape} does not match its {nbytes} bytes")
-    return h, w, c
 
 
 def image_bytes(record: dict[str, Any]) -> bytes:

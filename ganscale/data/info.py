@@ -15,10 +15,11 @@ from typing import Any
 import webdataset as wds
 from PIL import Image
 
-from ganscale.corpus.vocab import MLDS_ATTRIBUTES, TagError, parse_tags
 from ganscale.data.decode import image_bytes, record_meta
 from ganscale.data.sources import ShardSource, iter_records, shard_source
 from ganscale.errors import GanscaleError
+from ganscale.shardformat import manifest_attributes
+from ganscale.shardformat.vocab import MLDS_ATTRIBUTES, TagError, parse_tags
 
 
 @dataclass
@@ -64,11 +65,6 @@ def corpus_info(src: ShardSource) -> CorpusInfo:
         est = first["count"]
         sizes = [s if s >= 0 else est for s in sizes]
     return CorpusInfo(attributes, sum(sizes), size, len(src.urls), list(src.urls), sizes)
-
-
-def manifest_attributes(manifest: dict[str, Any]) -> dict[str, list[str]]:
-    """The ordered attribute vocabularies of a ``dataset.json`` ({} if unconditional)."""
-    return {a: list(v) for a, v in (manifest.get("attributes") or {}).items()}
 
 
 def _peek(url: str, limit: int = 64, count: bool = False) -> dict[str, Any]:

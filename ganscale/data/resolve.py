@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ganscale.config import DataConfig
-from ganscale.corpus.pack import MANIFEST
 from ganscale.data import remote
 from ganscale.data.info import CorpusInfo, corpus_info
 from ganscale.data.remote import RetryPolicy
 from ganscale.data.sources import ShardSource, local_path, shard_source
 from ganscale.errors import GanscaleError
+from ganscale.shardformat import MANIFEST
 
 
 @dataclass

@@ -28,9 +28,9 @@ import braceexpand
 import webdataset as wds
 from webdataset.gopen import gopen_schemes as _GOPEN_SCHEMES  # the module's dispatch table
 
-from ganscale.corpus.pack import MANIFEST, read_manifest
 from ganscale.data import remote
 from ganscale.errors import GanscaleError
+from ganscale.shardformat import MANIFEST, read_manifest
 
 
 @dataclass

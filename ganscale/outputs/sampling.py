@@ -45,7 +45,7 @@ def parse_conditions(text: str | None, meta: dict[str, Any]) -> list[str] | None
 def labels_for(conditions: list[str], attributes: dict[str, list[str]]) -> torch.Tensor:
     import torch
 
-    from ganscale.corpus.vocab import parse_tags
+    from ganscale.shardformat.vocab import parse_tags
 
     return torch.tensor([parse_tags(c, attributes) for c in conditions], dtype=torch.long)
 
@@ -212,8 +212,8 @@ def _generate_engine(engine: Any, conditions: list[str] | None, per: int, seed: 
     """The torch-free twin of :func:`generate`: uint8 [R*per, S, S, 3], same z down each column."""
     import numpy as np
 
-    from ganscale.corpus.vocab import parse_tags
     from ganscale.outputs.engines import draw_z
+    from ganscale.shardformat.vocab import parse_tags
 
     z = draw_z(per, engine.meta, seed, psi=psi)
     if conditions is None:
@@ -228,8 +228,8 @@ def _interpolate_engine(
     """The torch-free twin of :func:`_interpolate` (one batch: the frames are the batch)."""
     import numpy as np
 
-    from ganscale.corpus.vocab import parse_tags
     from ganscale.outputs.engines import draw_z, gif_bytes, slerp_np
+    from ganscale.shardformat.vocab import parse_tags
 
     frames = max(2, frames)
     z0, z1 = draw_z(2, engine.meta, seed, psi=psi)

@@ -147,7 +147,7 @@ class Progress(NullProgress):
 
 def sample_conditions(attributes: dict[str, list[str]]) -> list[str] | None:
     """The rows of the fixed sample grid (None for an unconditional run)."""
-    from ganscale.corpus.vocab import parse_tags
+    from ganscale.shardformat.vocab import parse_tags
 
     if not attributes:
         return None

@@ -81,13 +81,19 @@ def parse_tags(text: str, attributes: dict[str, list[str]]) -> list[int]:
         raise TagError(f"--tags {q}: this corpus is unconditional; sample without --tags", "unparsable_row")
     words = normalise_words(text)
     vocab = {a: [v.lower() for v in values] for a, values in attributes.items()}
+    # matched as normalised words, so "animals-nature" / "Skin_Tone" read like what was written
+    keys = {a: [" ".join(normalise_words(v)) for v in values] for a, values in attributes.items()}
+    attr_words = sorted(((tuple(normalise_words(a)), a) for a in names), key=lambda t: -len(t[0]))
     found: dict[str, int] = {}
     pending: list[str] = []
-    for word in words:
-        if word not in vocab:
-            pending.append(word)
+    pos = 0
+    while pos < len(words):
+        attr = next((a for w, a in attr_words if w and tuple(words[pos : pos + len(w)]) == w), None)
+        if attr is None:
+            pending.append(words[pos])
+            pos += 1
             continue
-        attr = word
+        pos += len(normalise_words(attr))
         label = "colour" if attr in ("hair", "eyes") else "value"
         if not pending:
             raise TagError(
@@ -96,7 +102,7 @@ def parse_tags(text: str, attributes: dict[str, list[str]]) -> list[int]:
             )
         value = " ".join(pending)
         pending = []
-        if value not in vocab[attr]:
+        if value not in keys[attr]:
             raise TagError(
                 f"unknown {attr} {label} {value!r} in --tags {q}; valid: {', '.join(vocab[attr])}",
                 "unknown_attribute",
@@ -106,7 +112,7 @@ def parse_tags(text: str, attributes: dict[str, list[str]]) -> list[int]:
                 f"two {attr} {label}s in --tags {q}; give exactly one of: {', '.join(vocab[attr])}",
                 "ambiguous_attribute",
             )
-        found[attr] = vocab[attr].index(value)
+        found[attr] = keys[attr].index(value)
     if pending:
         raise TagError(
             f"{' '.join(pending)!r} is not followed by an attribute name in --tags "
