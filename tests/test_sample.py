@@ -95,43 +95,46 @@ PSIS = (1.0, 0.7, 0.4, 0.1)
 TWO = ["blue hair red eyes", "pink hair green eyes"]
 
 
-def _today(G, meta, conditions, per, seed):
-    """The images `generate` gave before psi existed (z = randn * z_sigma, same z per column)."""
+def _untruncated(G, meta, conditions, per, seed):
+    """The images of the z as drawn (N(0, z_sigma^2) from the seed, same z per column), no psi."""
+    import numpy as np
     import torch
 
-    from ganscale.outputs.sampling import labels_for
+    from ganscale.outputs.latents import condition_labels, draw_z
 
-    gen = torch.Generator().manual_seed(seed)
-    z = (torch.randn(per, meta["z_dim"], generator=gen) * meta["z_sigma"]).repeat(len(conditions), 1)
+    z = torch.from_numpy(np.tile(draw_z(per, meta, seed), (len(conditions), 1)))
+    labels = torch.from_numpy(condition_labels(conditions, meta["attributes"]).repeat(per, 0))
     with torch.no_grad():
-        return G(z, labels_for(conditions, meta["attributes"]).repeat_interleave(per, 0)).float()
+        return G(z, labels).float()
 
 
 def test_truncation_pulls_faces_toward_the_mean_face(run):
     import torch
 
-    from ganscale.outputs.sampling import generate, labels_for, noise
+    from ganscale.outputs.latents import condition_labels, draw_z
+    from ganscale.outputs.sampling import generate
 
     G, meta = load_generator(run)
     cpu = torch.device("cpu")
-    z = noise(32, meta, 5, cpu)
+    z = draw_z(32, meta, 5)
     for psi in PSIS:
-        assert torch.equal(noise(32, meta, 5, cpu, psi=psi), z * psi if psi != 1 else z)
-    labels = labels_for(TWO, meta["attributes"]).repeat_interleave(32, 0)
+        assert (draw_z(32, meta, 5, psi=psi) == (z * psi if psi != 1 else z)).all()
+    labels = torch.from_numpy(condition_labels(TWO, meta["attributes"]).repeat(32, 0))
     with torch.no_grad():
         mean_face = G(torch.zeros(64, meta["z_dim"]), labels).float()  # psi = 0
     dist = [float((generate(G, meta, TWO, 32, 5, cpu, psi=p) - mean_face).abs().mean()) for p in PSIS]
     assert all(a > b for a, b in zip(dist, dist[1:], strict=False)), dist
     assert dist[-1] < 0.5 * dist[0], dist
-    # psi = 1 is no truncation at all: exactly the images of before
-    assert torch.equal(generate(G, meta, TWO, 8, 3, cpu, psi=1.0), _today(G, meta, TWO, 8, 3))
-    assert torch.equal(generate(G, meta, TWO, 8, 3, cpu), _today(G, meta, TWO, 8, 3))
+    # psi = 1 is no truncation at all: exactly the images of the z as drawn
+    assert torch.equal(generate(G, meta, TWO, 8, 3, cpu, psi=1.0), _untruncated(G, meta, TWO, 8, 3))
+    assert torch.equal(generate(G, meta, TWO, 8, 3, cpu), _untruncated(G, meta, TWO, 8, 3))
 
 
 def test_truncation_on_the_engine_path_is_the_same_psi(run, tmp_path):
     import numpy as np
 
-    from ganscale.outputs.engines import TorchEngine, draw_z
+    from ganscale.outputs.engines import TorchEngine
+    from ganscale.outputs.latents import draw_z
 
     engine = TorchEngine(run)
     meta = engine.meta
@@ -153,6 +156,23 @@ def test_truncation_on_the_engine_path_is_the_same_psi(run, tmp_path):
     b = sample_command(run, tags=TWO[0], n=4, seed=2, out=tmp_path / "b.png")
     c = sample_command(run, tags=TWO[0], n=4, seed=2, out=tmp_path / "c.png", truncation=0.4)
     assert a.read_bytes() == b.read_bytes() != c.read_bytes()
+
+
+def test_training_grid_draws_the_faces_sample_draws(run, tmp_path):
+    """The training-time sample grid (`generate`, G in memory) and `ganscale sample` (an engine)
+    draw the same z and conditions from a seed: the same pixels."""
+    import numpy as np
+    import torch
+
+    from ganscale.outputs.images import to_uint8
+    from ganscale.outputs.sampling import generate
+
+    G, meta = load_generator(run)
+    folder = sample_command(run, tags="; ".join(TWO), n=6, seed=3, out=f"{tmp_path}/f/", device="cpu")
+    written = np.stack([np.asarray(Image.open(folder / f"{i:05d}.png")) for i in range(6)])
+    grid = to_uint8(generate(G, meta, TWO, 3, seed=3, device=torch.device("cpu")))
+    assert np.array_equal(written, grid)
+    assert not np.array_equal(grid[:3], grid[3:])  # two conditions, same z: other faces
 
 
 @pytest.mark.parametrize("psi", [0.0, -0.5, 1.5, float("nan")])

@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from ganscale.cli.argv import bare_resume, strip_launcher_args
-from ganscale.cli.options import (
+from ganscale.cli_options import (
     ConfigArg,
     DeviceOpt,
     SetOpt,

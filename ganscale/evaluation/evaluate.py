@@ -106,7 +106,7 @@ def run_corpus(run: Path) -> tuple[Path, dict[str, Any]]:
 
 
 def pick_device(device: str | None) -> torch.device:
-    from ganscale.outputs.sampling import pick_device as pick
+    from ganscale.outputs.engines import pick_device as pick
 
     return pick(device)
 
@@ -129,8 +129,8 @@ def evaluate_run(
     ``inception_env``: the Inception weights variable's value, read by the CLI
     (:func:`ganscale.runtime.env.inception_weights`). ``truncation``: psi in (0, 1], z' = psi * z
     (None = 1 = none)."""
-    from ganscale.outputs.engines import check_psi
     from ganscale.outputs.export import find_export, load_generator
+    from ganscale.outputs.latents import check_psi
 
     psi = check_psi(truncation)
     t0 = time.perf_counter()
