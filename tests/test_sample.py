@@ -237,3 +237,54 @@ def test_cli_labels_several_condition_grids_by_default(run, tmp_path):
     r = CliRunner().invoke(app, ["sample", str(run), "--tags", TWO[0], "--min-cell", "64", "--n", "4",
                                  "--out", str(tmp_path / "m.png")])  # fmt: skip
     assert r.exit_code == 0 and Image.open(tmp_path / "m.png").size == (2 * 66 + 2, 2 * 66 + 2)
+
+
+# --------------------------------------------------------------------------- conditions: --cond, values alone
+
+
+def test_cond_flags_and_values_alone_name_the_same_condition(run, tmp_path):
+    tags = sample_command(run, tags="blonde hair yellow eyes", n=4, seed=1, out=tmp_path / "t.png")
+    cond = sample_command(run, cond=["hair=blonde", "EYES=Yellow"], n=4, seed=1, out=tmp_path / "c.png")
+    alone = sample_command(run, tags="blonde yellow", n=4, seed=1, out=tmp_path / "v.png")
+    assert tags.read_bytes() == cond.read_bytes() == alone.read_bytes()
+    r = _cli(run, "--cond", "hair=blue", "--cond", "eyes=red", "--n", "4", "--out", tmp_path / "cli.png")
+    assert r.returncode == 0, r.stderr
+    same = sample_command(run, tags="blue hair red eyes", n=4, out=tmp_path / "same.png")
+    assert (tmp_path / "cli.png").read_bytes() == same.read_bytes()
+    walks = [
+        sample_command(run, interpolate="pink hair green eyes", n=3, out=tmp_path / f"{i}.gif", **start)
+        for i, start in enumerate([{"tags": "blue hair red eyes"}, {"cond": ["hair=blue", "eyes=red"]}])
+    ]
+    assert walks[0].read_bytes() == walks[1].read_bytes() and Image.open(walks[0]).n_frames == 3
+
+
+def test_all_conditions_with_a_fixed_attribute(run, tmp_path):
+    out = sample_command(run, all_conditions=True, cond=["hair=blue"], n=2, out=tmp_path / "blue.png")
+    assert Image.open(out).size == (2 * 18 + 2, 10 * 18 + 2)  # blue hair x the 10 eye colours
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"tags": "aqua red"}, ["'aqua'", "hair and eyes", "--cond"]),  # aqua is a hair and an eye colour
+        ({"tags": "blonde"}, ["no value of eyes"]),
+        ({"cond": ["hair=blue"]}, ["no value for eyes", "--cond eyes=VALUE", "--all-conditions"]),
+        ({"cond": ["hair=teal", "eyes=red"]}, ["hair is one of", "aqua"]),
+        ({"cond": ["skin=green", "eyes=red"]}, ["ATTR one of hair, eyes"]),
+        ({"cond": ["hair=blue", "eyes=red"], "tags": "blue hair red eyes"}, ["use one of them"]),
+    ],
+)
+def test_bad_conditions_are_one_line_errors(run, tmp_path, kwargs, words):
+    with pytest.raises(GanscaleError) as e:
+        sample_command(run, n=4, out=tmp_path / "x.png", **kwargs)
+    assert all(w in str(e.value) for w in words) and "\n" not in str(e.value), str(e.value)
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_all_conditions_refused_past_the_limit():
+    from ganscale.outputs.latents import MAX_ALL_CONDITIONS, all_conditions
+
+    big = {"a": [f"a{i}" for i in range(20)], "b": [f"b{i}" for i in range(20)]}
+    with pytest.raises(GanscaleError, match=f"20 x 20 = 400 combinations, over {MAX_ALL_CONDITIONS}"):
+        all_conditions(big)
+    assert all_conditions(big, {"a": 3}).tolist() == [[3, j] for j in range(20)]

@@ -44,6 +44,9 @@ PSI_HELP = (
 )
 CONDITION_STREAM = 1
 """``default_rng([seed, CONDITION_STREAM])`` draws the conditions left to chance."""
+MAX_ALL_CONDITIONS = 256
+"""``--all-conditions`` draws one grid row per combination of values; past this many it is refused
+(fix some attributes with ``--cond`` to draw the combinations of the others)."""
 
 
 def check_psi(psi: float | None, flag: str = "--truncation") -> float:
@@ -82,10 +85,11 @@ def draw_labels(
     cols = []
     for name, values in attributes.items():
         picked = str(choice.get(name, ANY)).strip().lower()
+        lower = [v.lower() for v in values]
         if picked == ANY:
             cols.append(rng.integers(0, len(values), n))
-        elif picked in values:
-            cols.append(np.full(n, values.index(picked)))
+        elif picked in lower:
+            cols.append(np.full(n, lower.index(picked)))
         else:
             raise GanscaleError(
                 f"{name}: unknown value {picked[:40]!r}; choose one of {', '.join(values)} or {ANY}"
@@ -111,40 +115,139 @@ def parse_conditions(text: str | None, meta: Mapping[str, Any]) -> list[str] | N
         return None
     if not text:
         raise GanscaleError(
-            "this generator is conditional: pass --tags, e.g. --tags "
-            f'"{" ".join(f"{v[0]} {a}" for a, v in attributes.items())}", or --all-conditions'
+            f"this generator is conditional: pass --tags, e.g. --tags {_example(attributes)!r}, "
+            f"--cond ATTR=VALUE for each of {', '.join(attributes)}, or --all-conditions"
         )
     return [t.strip() for t in text.split(";") if t.strip()]
 
 
+def _example(attributes: dict[str, list[str]]) -> str:
+    return " ".join(f"{v[0]} {a}" for a, v in attributes.items())
+
+
+def parse_condition(text: str, attributes: dict[str, list[str]]) -> list[int]:
+    """One condition -> one class index per attribute. Two phrasings: ``"aqua hair orange eyes"``
+    (each value followed by its attribute's name, as the MLDS tags read) and, when no word is an
+    attribute's name, ``"google flags"`` (each word, or run of words, names exactly one value of
+    one attribute). Case, ``_`` and ``-`` do not matter. Anything else is a one-line
+    GanscaleError naming the valid values."""
+    from ganscale.corpus.vocab import normalise_words, parse_tags
+
+    words = normalise_words(text)
+    normalised = {_norm(a): [_norm(v) for v in values] for a, values in attributes.items()}
+    if not words or any(w in normalised for w in words):
+        return parse_tags(" ".join(words) if words else text, normalised)
+    return _values_only(text, words, attributes)
+
+
+def _values_only(text: str, words: list[str], attributes: dict[str, list[str]]) -> list[int]:
+    """``"google flags"``: the longest run of words naming a value, left to right."""
+    phrases: dict[tuple[str, ...], list[tuple[str, int]]] = {}
+    for attr, values in attributes.items():
+        for i, value in enumerate(values):
+            phrases.setdefault(tuple(_norm(value).split()), []).append((attr, i))
+    longest = max(len(k) for k in phrases)
+    found: dict[str, int] = {}
+    at = 0
+    while at < len(words):
+        for n in range(min(longest, len(words) - at), 0, -1):
+            hits = phrases.get(tuple(words[at : at + n]))
+            if hits:
+                break
+        else:
+            raise GanscaleError(
+                f"--tags {text!r}: {words[at]!r} names no value; valid: "
+                + "; ".join(f"{a}: {', '.join(v)}" for a, v in attributes.items())
+            )
+        phrase = " ".join(words[at : at + n])
+        if len(hits) > 1:
+            raise GanscaleError(
+                f"--tags {text!r}: {phrase!r} is a value of {' and '.join(a for a, _ in hits)}; say which, "
+                f"e.g. --tags {_example(attributes)!r} or --cond ATTR=VALUE"
+            )
+        attr, index = hits[0]
+        if attr in found:
+            raise GanscaleError(
+                f"--tags {text!r}: two values of {attr}; give one of {', '.join(attributes[attr])}"
+            )
+        found[attr] = index
+        at += n
+    missing = [a for a in attributes if a not in found]
+    if missing:
+        a = missing[0]
+        raise GanscaleError(f"--tags {text!r}: no value of {a}; add one of {', '.join(attributes[a])}")
+    return [found[a] for a in attributes]
+
+
+def _norm(name: str) -> str:
+    """A value or attribute name as the tag parser reads words (lower case, ``_``/``-`` spaces)."""
+    from ganscale.corpus.vocab import normalise_words
+
+    return " ".join(normalise_words(name))
+
+
+def parse_cond(pairs: list[str], attributes: dict[str, list[str]], partial: bool = False) -> dict[str, int]:
+    """``["vendor=google", "category=flags"]`` (repeated ``--cond ATTR=VALUE``) -> {attribute:
+    class index}; every attribute must be named once unless ``partial`` (with --all-conditions,
+    the others are enumerated). Values match case-insensitively; an unknown attribute or value, a
+    repeated or a missing attribute is a one-line GanscaleError naming the valid ones."""
+    if not attributes:
+        raise GanscaleError("--cond: this generator is unconditional; drop --cond")
+    lower = {a.lower(): a for a in attributes}
+    found: dict[str, int] = {}
+    for pair in pairs:
+        name, eq, value = pair.partition("=")
+        attr = lower.get(name.strip().lower())
+        if not eq or attr is None:
+            raise GanscaleError(f"--cond {pair!r}: write ATTR=VALUE with ATTR one of {', '.join(attributes)}")
+        values = [v.lower() for v in attributes[attr]]
+        if value.strip().lower() not in values:
+            raise GanscaleError(f"--cond {pair!r}: {attr} is one of {', '.join(attributes[attr])}")
+        if attr in found:
+            raise GanscaleError(f"--cond {pair!r}: {attr} is given twice")
+        found[attr] = values.index(value.strip().lower())
+    missing = [a for a in attributes if a not in found]
+    if missing and not partial:
+        a = missing[0]
+        raise GanscaleError(
+            f"--cond: no value for {a} (one of {', '.join(attributes[a])}); add --cond {a}=VALUE, "
+            "or --all-conditions to draw every value of the attributes not given"
+        )
+    return found
+
+
 def condition_labels(conditions: list[str], attributes: dict[str, list[str]]) -> np.ndarray:
-    """Tag texts -> int64 [R, A] class indices (an unknown word: a one-line GanscaleError)."""
-    from ganscale.corpus.vocab import parse_tags
-
-    return np.array([parse_tags(c, attributes) for c in conditions], dtype=np.int64).reshape(
-        len(conditions), len(attributes)
-    )
+    """Condition texts (:func:`parse_condition`) -> int64 [R, A] class indices."""
+    rows = [parse_condition(c, attributes) for c in conditions]
+    return np.array(rows, dtype=np.int64).reshape(len(conditions), len(attributes))
 
 
-def all_conditions(attributes: dict[str, list[str]]) -> list[str]:
-    """Every combination of attribute values, as tag texts."""
-    return [
-        tag_text(combo, attributes)
-        for combo in itertools.product(*(range(len(v)) for v in attributes.values()))
-    ]
+def all_conditions(attributes: dict[str, list[str]], fixed: Mapping[str, int] | None = None) -> np.ndarray:
+    """int64 [R, A]: every combination of attribute values, those in ``fixed`` held at that
+    index (``--all-conditions``, with ``--cond``); past MAX_ALL_CONDITIONS a one-line
+    GanscaleError."""
+    fixed = fixed or {}
+    axes = [[fixed[a]] if a in fixed else range(len(v)) for a, v in attributes.items()]
+    total = math.prod(len(x) for x in axes)
+    if total > MAX_ALL_CONDITIONS:
+        sizes = " x ".join(str(len(x)) for x in axes)
+        raise GanscaleError(
+            f"--all-conditions: {sizes} = {total} combinations, over {MAX_ALL_CONDITIONS}; "
+            "fix some attributes with --cond ATTR=VALUE"
+        )
+    return np.array(list(itertools.product(*axes)), dtype=np.int64).reshape(total, len(attributes))
 
 
 def grid_inputs(
-    conditions: list[str] | None, per: int, meta: Mapping[str, Any], seed: int, psi: float | None = None
+    rows: np.ndarray | None, per: int, meta: Mapping[str, Any], seed: int, psi: float | None = None
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """(z [R*per, z_dim], labels [R*per, A] or None): one row of ``per`` faces per condition, the
-    same z down each column (so a column shows one face under every condition); unconditional
-    (``conditions`` None): ``per`` faces."""
+    """(z [R*per, z_dim], labels [R*per, A] or None): one row of ``per`` faces per condition
+    (``rows``: int64 [R, A] class indices), the same z down each column (so a column shows one
+    face under every condition); unconditional (``rows`` None): ``per`` faces."""
     z = draw_z(per, meta, seed, psi=psi)
-    if conditions is None:
+    if rows is None:
         return z, None
-    labels = condition_labels(conditions, meta["attributes"])
-    return np.tile(z, (len(conditions), 1)), np.repeat(labels, per, 0)
+    return np.tile(z, (len(rows), 1)), np.repeat(np.asarray(rows, np.int64), per, 0)
 
 
 def slerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:

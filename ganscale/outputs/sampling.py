@@ -22,7 +22,9 @@ from ganscale.outputs.latents import (
     check_psi,
     condition_labels,
     grid_inputs,
+    parse_cond,
     parse_conditions,
+    tag_text,
     walk,
 )
 
@@ -50,7 +52,8 @@ def generate(
     import torch
 
     count = per_condition if conditions is not None else rows * per_condition
-    z, labels = grid_inputs(conditions, count, meta, seed, psi=psi)
+    label_rows = None if conditions is None else condition_labels(conditions, meta["attributes"])
+    z, labels = grid_inputs(label_rows, count, meta, seed, psi=psi)
     was_training = G.training
     G.eval()
     try:
@@ -73,6 +76,7 @@ def sample_command(
     truncation: float | None = None,
     labels: bool | None = False,
     min_cell: int = 0,
+    cond: list[str] | None = None,
 ) -> Path:
     """What `ganscale sample` does; returns the path written. ``run`` may also be a model folder,
     a ``.safetensors`` or a ``.onnx`` export (run by onnxruntime, torch never imported).
@@ -81,7 +85,9 @@ def sample_command(
     row's tags at its left (a grid of several conditions) or a caption above (one condition);
     None = only for a grid of several conditions (the CLI's default). ``min_cell``: enlarge
     faces (nearest, whole factor) to at least this many px. Both are off by default here, so
-    the grid stays pixel for pixel what G made."""
+    the grid stays pixel for pixel what G made. ``cond``: ``["ATTR=VALUE", ...]`` (repeated
+    ``--cond``), one condition instead of ``tags``; with ``all_conditions``, the attributes held
+    fixed while the others take every value."""
     psi = check_psi(truncation)
     if min_cell < 0 or min_cell > 1024:
         raise GanscaleError(f"--min-cell {min_cell}: use 0 (native size) to 1024 px")
@@ -89,10 +95,16 @@ def sample_command(
     out_str = str(out) if out is not None else ""
     if interpolate is not None:
         return _interpolate(
-            engine, tags, interpolate, n or 16, seed, Path(out_str or "interpolation.gif"), psi
+            engine,
+            _start(engine.meta, tags, cond),
+            interpolate,
+            n or 16,
+            seed,
+            Path(out_str or "interpolation.gif"),
+            psi,
         )
-    conditions, per = _grid_plan(engine.meta, tags, n, all_conditions)
-    z, label_rows = grid_inputs(conditions, per, engine.meta, seed, psi=psi)
+    conditions, rows, per = _grid_plan(engine.meta, tags, cond or [], n, all_conditions)
+    z, label_rows = grid_inputs(rows, per, engine.meta, seed, psi=psi)
     arrays = _images(engine, z, label_rows)
     from ganscale.outputs.images import labelled_grid, upscale
 
@@ -117,18 +129,39 @@ def sample_command(
 
 
 def _grid_plan(
-    meta: dict[str, Any], tags: str | None, n: int | None, every: bool
-) -> tuple[list[str] | None, int]:
-    """(the grid's conditions, one row each, or None; faces per row); ``every``: --all-conditions."""
+    meta: dict[str, Any], tags: str | None, cond: list[str], n: int | None, every: bool
+) -> tuple[list[str] | None, np.ndarray | None, int]:
+    """(the grid's condition texts and class indices [R, A], one row each, or None, None; faces
+    per row); ``every``: --all-conditions."""
+    attributes = meta["attributes"]
+    if tags and cond:
+        raise GanscaleError("--tags and --cond both name the condition; use one of them")
     if every:
-        if not meta["attributes"]:
+        if not attributes:
             raise GanscaleError("--all-conditions: this generator is unconditional")
-        return all_conditions(meta["attributes"]), n or 8
+        rows = all_conditions(attributes, parse_cond(cond, attributes, partial=True))
+        return [tag_text(r, attributes) for r in rows], rows, n or 8
+    if cond:
+        picked = parse_cond(cond, attributes)
+        row = [picked[a] for a in attributes]
+        return [tag_text(row, attributes)], np.array([row], np.int64), n or 64
     conditions = parse_conditions(tags, meta)
     count = n or 64
-    if conditions is None or len(conditions) == 1:
-        return conditions, count
-    return conditions, max(1, count // len(conditions))
+    if conditions is None:
+        return None, None, count
+    rows = condition_labels(conditions, attributes)
+    return conditions, rows, count if len(conditions) == 1 else max(1, count // len(conditions))
+
+
+def _start(meta: dict[str, Any], tags: str | None, cond: list[str] | None) -> np.ndarray | None:
+    """The first condition (class indices [1, A]) of --tags or --cond: where a walk starts."""
+    attributes = meta["attributes"]
+    if not attributes:
+        parse_conditions(tags, meta)  # refuses --tags (and parse_cond --cond) when unconditional
+        if cond:
+            parse_cond(cond, attributes)
+        return None
+    return _grid_plan(meta, tags, list(cond or []), 1, False)[1][:1]
 
 
 def _images(engine: Engine, z: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
@@ -141,19 +174,17 @@ def _images(engine: Engine, z: np.ndarray, labels: np.ndarray | None) -> np.ndar
 
 
 def _interpolate(
-    engine: Engine, tags: str | None, target: str, frames: int, seed: int, out: Path, psi: float
+    engine: Engine, start: np.ndarray | None, target: str, frames: int, seed: int, out: Path, psi: float
 ) -> Path:
     """A GIF walking z from seed ``seed``'s face to seed ``seed + 1``'s (slerp) and, for a
-    conditional G, the condition from --tags to --interpolate (continuously, through mixed
-    one-hot codes); one batch, the frames are the batch."""
+    conditional G, the condition from ``start`` (class indices [1, A]) to ``target`` (a condition
+    text, --interpolate) continuously, through mixed one-hot codes; the frames are one batch."""
     frames = max(2, frames)
     z, t = walk(seed, seed + 1, frames, engine.meta, psi=psi)
-    if engine.attributes:
-        start = condition_labels(parse_conditions(tags, engine.meta)[:1], engine.attributes)
-        end = condition_labels([target], engine.attributes)
-        images = engine.images(z, np.repeat(start, frames, 0), np.repeat(end, frames, 0), t)
-    else:
-        images = engine.images(z)
+    if start is None:
+        return _save(out, gif_bytes(engine.images(z)))
+    end = condition_labels([target], engine.attributes)
+    images = engine.images(z, np.repeat(start, frames, 0), np.repeat(end, frames, 0), t)
     return _save(out, gif_bytes(images))
 
 
