@@ -14,6 +14,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +37,39 @@ def record(drill: str, runs: int, ok: int, outcome: str, **numbers: float | str)
     out = os.environ.get("GANSCALE_DRILL_RESULTS")  # optional: a JSON copy for docs/reliability.md
     if out:
         Path(out).write_text(json.dumps(RESULTS, indent=1))
+
+
+class FuzzTally:
+    """What a fuzz test's examples did, counted, so its summary can state it and fail on it.
+
+    Each example runs inside ``with tally.example() as seen:`` and ends by counting its outcome
+    (``seen["refused"] += 1``: a clear one-line refusal; ``seen["ok"] += 1``: accepted). An
+    example that raises anything else, or fails an assertion, leaves without an outcome: that
+    is a crash, and :meth:`summary` fails on it (the fuzz test itself has failed already)."""
+
+    def __init__(self) -> None:
+        self.started = 0
+        self.outcomes: Counter[str] = Counter()
+
+    @contextmanager
+    def example(self) -> Iterator[Counter[str]]:
+        self.started += 1
+        yield self.outcomes
+
+    @property
+    def crashes(self) -> int:
+        return self.started - sum(self.outcomes.values())
+
+    def summary(self, drill: str, detail: str, at_least: int = 1) -> None:
+        """Record the drill row and assert: the fuzz ran (``at_least`` examples) and nothing crashed.
+        Skips when the fuzz tests were not selected in this session (``-k summary``)."""
+        import pytest
+
+        if self.started == 0:
+            pytest.skip(f"{drill}: its fuzz tests did not run in this session")
+        record(drill, self.started, self.started - self.crashes, f"{detail}: {self.crashes} crashes")
+        assert self.crashes == 0, f"{drill}: {self.crashes} of {self.started} fuzzed inputs crashed"
+        assert self.started >= at_least, f"{drill}: only {self.started} fuzzed inputs ran"
 
 
 def table() -> list[str]:

@@ -265,6 +265,37 @@ class _ThreadGather:
         return View()
 
 
+class _SeesZ(torch.nn.Module):
+    """The real G, keeping the z it is given (to check where eval's z comes from)."""
+
+    def __init__(self, G):
+        super().__init__()
+        self.G, self.z = G, []
+
+    def forward(self, z, labels):
+        self.z.append(z.detach().cpu())
+        return self.G(z, labels)
+
+
+def test_eval_and_training_eval_draw_z_as_sample_does(run):
+    from ganscale.evaluation.classifier import ensure_classifier
+    from ganscale.evaluation.during_training import EVAL_SEED
+    from ganscale.evaluation.scoring import generated_features
+    from ganscale.outputs.latents import draw_z
+
+    cfg, G, meta, folder = _evaluator(run)
+    clf = ensure_classifier(folder, "cpu", log=lambda *_: None)
+    seen = _SeesZ(G)
+    labels = torch.zeros(40, len(meta["attributes"]), dtype=torch.long)
+    generated_features(seen, meta, labels, 40, 7, torch.device("cpu"), clf, batch_size=16, psi=0.5)
+    assert torch.equal(torch.cat(seen.z), torch.from_numpy(draw_z(40, meta, 7, psi=0.5)))
+    ev = TrainingEvaluator(cfg, meta["attributes"], folder, "cpu", log=lambda *_: None)
+    ev._prepare(Runtime())
+    during = _SeesZ(G)
+    ev._my_share(during)
+    assert torch.equal(torch.cat(during.z), torch.from_numpy(draw_z(cfg.eval.n, meta, EVAL_SEED)))
+
+
 def test_training_evaluator_gives_the_same_numbers_on_two_ranks(run):
     cfg, G, meta, folder = _evaluator(run)
     single = TrainingEvaluator(cfg, meta["attributes"], folder, "cpu", log=lambda *_: None).evaluate(

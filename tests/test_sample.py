@@ -95,43 +95,46 @@ PSIS = (1.0, 0.7, 0.4, 0.1)
 TWO = ["blue hair red eyes", "pink hair green eyes"]
 
 
-def _today(G, meta, conditions, per, seed):
-    """The images `generate` gave before psi existed (z = randn * z_sigma, same z per column)."""
+def _untruncated(G, meta, conditions, per, seed):
+    """The images of the z as drawn (N(0, z_sigma^2) from the seed, same z per column), no psi."""
+    import numpy as np
     import torch
 
-    from ganscale.outputs.sampling import labels_for
+    from ganscale.outputs.latents import condition_labels, draw_z
 
-    gen = torch.Generator().manual_seed(seed)
-    z = (torch.randn(per, meta["z_dim"], generator=gen) * meta["z_sigma"]).repeat(len(conditions), 1)
+    z = torch.from_numpy(np.tile(draw_z(per, meta, seed), (len(conditions), 1)))
+    labels = torch.from_numpy(condition_labels(conditions, meta["attributes"]).repeat(per, 0))
     with torch.no_grad():
-        return G(z, labels_for(conditions, meta["attributes"]).repeat_interleave(per, 0)).float()
+        return G(z, labels).float()
 
 
 def test_truncation_pulls_faces_toward_the_mean_face(run):
     import torch
 
-    from ganscale.outputs.sampling import generate, labels_for, noise
+    from ganscale.outputs.latents import condition_labels, draw_z
+    from ganscale.outputs.sampling import generate
 
     G, meta = load_generator(run)
     cpu = torch.device("cpu")
-    z = noise(32, meta, 5, cpu)
+    z = draw_z(32, meta, 5)
     for psi in PSIS:
-        assert torch.equal(noise(32, meta, 5, cpu, psi=psi), z * psi if psi != 1 else z)
-    labels = labels_for(TWO, meta["attributes"]).repeat_interleave(32, 0)
+        assert (draw_z(32, meta, 5, psi=psi) == (z * psi if psi != 1 else z)).all()
+    labels = torch.from_numpy(condition_labels(TWO, meta["attributes"]).repeat(32, 0))
     with torch.no_grad():
         mean_face = G(torch.zeros(64, meta["z_dim"]), labels).float()  # psi = 0
     dist = [float((generate(G, meta, TWO, 32, 5, cpu, psi=p) - mean_face).abs().mean()) for p in PSIS]
     assert all(a > b for a, b in zip(dist, dist[1:], strict=False)), dist
     assert dist[-1] < 0.5 * dist[0], dist
-    # psi = 1 is no truncation at all: exactly the images of before
-    assert torch.equal(generate(G, meta, TWO, 8, 3, cpu, psi=1.0), _today(G, meta, TWO, 8, 3))
-    assert torch.equal(generate(G, meta, TWO, 8, 3, cpu), _today(G, meta, TWO, 8, 3))
+    # psi = 1 is no truncation at all: exactly the images of the z as drawn
+    assert torch.equal(generate(G, meta, TWO, 8, 3, cpu, psi=1.0), _untruncated(G, meta, TWO, 8, 3))
+    assert torch.equal(generate(G, meta, TWO, 8, 3, cpu), _untruncated(G, meta, TWO, 8, 3))
 
 
 def test_truncation_on_the_engine_path_is_the_same_psi(run, tmp_path):
     import numpy as np
 
-    from ganscale.outputs.engines import TorchEngine, draw_z
+    from ganscale.outputs.engines import TorchEngine
+    from ganscale.outputs.latents import draw_z
 
     engine = TorchEngine(run)
     meta = engine.meta
@@ -153,6 +156,23 @@ def test_truncation_on_the_engine_path_is_the_same_psi(run, tmp_path):
     b = sample_command(run, tags=TWO[0], n=4, seed=2, out=tmp_path / "b.png")
     c = sample_command(run, tags=TWO[0], n=4, seed=2, out=tmp_path / "c.png", truncation=0.4)
     assert a.read_bytes() == b.read_bytes() != c.read_bytes()
+
+
+def test_training_grid_draws_the_faces_sample_draws(run, tmp_path):
+    """The training-time sample grid (`generate`, G in memory) and `ganscale sample` (an engine)
+    draw the same z and conditions from a seed: the same pixels."""
+    import numpy as np
+    import torch
+
+    from ganscale.outputs.images import to_uint8
+    from ganscale.outputs.sampling import generate
+
+    G, meta = load_generator(run)
+    folder = sample_command(run, tags="; ".join(TWO), n=6, seed=3, out=f"{tmp_path}/f/", device="cpu")
+    written = np.stack([np.asarray(Image.open(folder / f"{i:05d}.png")) for i in range(6)])
+    grid = to_uint8(generate(G, meta, TWO, 3, seed=3, device=torch.device("cpu")))
+    assert np.array_equal(written, grid)
+    assert not np.array_equal(grid[:3], grid[3:])  # two conditions, same z: other faces
 
 
 @pytest.mark.parametrize("psi", [0.0, -0.5, 1.5, float("nan")])
@@ -217,3 +237,54 @@ def test_cli_labels_several_condition_grids_by_default(run, tmp_path):
     r = CliRunner().invoke(app, ["sample", str(run), "--tags", TWO[0], "--min-cell", "64", "--n", "4",
                                  "--out", str(tmp_path / "m.png")])  # fmt: skip
     assert r.exit_code == 0 and Image.open(tmp_path / "m.png").size == (2 * 66 + 2, 2 * 66 + 2)
+
+
+# --------------------------------------------------------------------------- conditions: --cond, values alone
+
+
+def test_cond_flags_and_values_alone_name_the_same_condition(run, tmp_path):
+    tags = sample_command(run, tags="blonde hair yellow eyes", n=4, seed=1, out=tmp_path / "t.png")
+    cond = sample_command(run, cond=["hair=blonde", "EYES=Yellow"], n=4, seed=1, out=tmp_path / "c.png")
+    alone = sample_command(run, tags="blonde yellow", n=4, seed=1, out=tmp_path / "v.png")
+    assert tags.read_bytes() == cond.read_bytes() == alone.read_bytes()
+    r = _cli(run, "--cond", "hair=blue", "--cond", "eyes=red", "--n", "4", "--out", tmp_path / "cli.png")
+    assert r.returncode == 0, r.stderr
+    same = sample_command(run, tags="blue hair red eyes", n=4, out=tmp_path / "same.png")
+    assert (tmp_path / "cli.png").read_bytes() == same.read_bytes()
+    walks = [
+        sample_command(run, interpolate="pink hair green eyes", n=3, out=tmp_path / f"{i}.gif", **start)
+        for i, start in enumerate([{"tags": "blue hair red eyes"}, {"cond": ["hair=blue", "eyes=red"]}])
+    ]
+    assert walks[0].read_bytes() == walks[1].read_bytes() and Image.open(walks[0]).n_frames == 3
+
+
+def test_all_conditions_with_a_fixed_attribute(run, tmp_path):
+    out = sample_command(run, all_conditions=True, cond=["hair=blue"], n=2, out=tmp_path / "blue.png")
+    assert Image.open(out).size == (2 * 18 + 2, 10 * 18 + 2)  # blue hair x the 10 eye colours
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"tags": "aqua red"}, ["'aqua'", "hair and eyes", "--cond"]),  # aqua is a hair and an eye colour
+        ({"tags": "blonde"}, ["no value of eyes"]),
+        ({"cond": ["hair=blue"]}, ["no value for eyes", "--cond eyes=VALUE", "--all-conditions"]),
+        ({"cond": ["hair=teal", "eyes=red"]}, ["hair is one of", "aqua"]),
+        ({"cond": ["skin=green", "eyes=red"]}, ["ATTR one of hair, eyes"]),
+        ({"cond": ["hair=blue", "eyes=red"], "tags": "blue hair red eyes"}, ["use one of them"]),
+    ],
+)
+def test_bad_conditions_are_one_line_errors(run, tmp_path, kwargs, words):
+    with pytest.raises(GanscaleError) as e:
+        sample_command(run, n=4, out=tmp_path / "x.png", **kwargs)
+    assert all(w in str(e.value) for w in words) and "\n" not in str(e.value), str(e.value)
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_all_conditions_refused_past_the_limit():
+    from ganscale.outputs.latents import MAX_ALL_CONDITIONS, all_conditions
+
+    big = {"a": [f"a{i}" for i in range(20)], "b": [f"b{i}" for i in range(20)]}
+    with pytest.raises(GanscaleError, match=f"20 x 20 = 400 combinations, over {MAX_ALL_CONDITIONS}"):
+        all_conditions(big)
+    assert all_conditions(big, {"a": 3}).tolist() == [[3, j] for j in range(20)]

@@ -176,6 +176,40 @@ def test_truncation_is_psi_as_in_sample(server, run):
     assert all(a > b for a, b in zip(dist, dist[1:], strict=False)), dist
 
 
+def test_sample_seed_3_is_the_pages_seed_3_pixel_for_pixel(run, tmp_path):
+    """One sampling stack: `ganscale sample RUN --seed 3` and the page's API, seed 3, the same
+    condition and count, give the same faces, byte for byte (both on the CPU here)."""
+    import numpy as np
+    from fastapi.testclient import TestClient
+
+    from ganscale.serve.cli import build_app
+
+    r = subprocess.run(
+        [sys.executable, "-m", "ganscale", "sample", str(run), "--seed", "3", "--n", "4", "--device", "cpu"]
+        + ["--tags", "blue hair red eyes", "--out", f"{tmp_path}/faces/"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    cli_faces = [np.asarray(Image.open(tmp_path / "faces" / f"{i:05d}.png")) for i in range(4)]
+    client = TestClient(build_app(run), base_url="http://127.0.0.1")
+    body = {"conditions": {"hair": "blue", "eyes": "red"}, "n": 4, "seed": 3}
+    data = client.post("/api/generate", json=body).json()
+    grid = np.asarray(Image.open(io.BytesIO(base64.b64decode(data["image"].split(",", 1)[1]))).convert("RGB"))
+    assert data["ncol"] == 2 and data["tags"] == ["blue hair red eyes"] * 4
+    page_faces = [
+        grid[2 + r * TILE : r * TILE + TILE, 2 + c * TILE : c * TILE + TILE]
+        for r in range(2)
+        for c in range(2)
+    ]
+    for i, (a, b) in enumerate(zip(cli_faces, page_faces, strict=True)):
+        assert a.shape == b.shape == (16, 16, 3) and np.array_equal(a, b), f"face {i} differs"
+    other = client.post("/api/generate", json=body | {"seed": 4}).json()["image"]
+    assert other != data["image"]  # the seed matters: the equality above is not a constant image
+
+
 def test_oversized_body_and_foreign_host_are_refused(server):
     status, raw = raw_post(server[0] + "/api/generate", b'{"n": 1, "seed": ' + b" " * 20000 + b"1}")
     assert status == 413 and b"bytes" in raw

@@ -49,7 +49,7 @@ from ganscale.bench.measure import (
     peak_memory_mb,
     sync,
 )
-from ganscale.cli.options import ConfigArg, SetOpt
+from ganscale.cli_options import ConfigArg, SetOpt
 from ganscale.config import Config, load_config
 
 __all__ = ["Bench", "BenchOptions", "DataKind", "count_flops", "format_result", "register", "run_bench"]

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ganscale.cli.options import (
+from ganscale.cli_options import (
     DeviceOpt,
     ProgressOpt,
     SetOpt,
@@ -208,8 +208,8 @@ def bench(
     """Images/s the loader delivers (beside raw decode and the device augmentation); last line JSON."""
     import json
 
+    from ganscale.bench.data_bench import format_row, run_data_bench
     from ganscale.config import load_config
-    from ganscale.data.bench import format_row, run_data_bench
 
     model_cfg = None
     if config is not None:

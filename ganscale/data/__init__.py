@@ -12,10 +12,10 @@ In pipeline order:
 - :mod:`ganscale.data.worker`, :mod:`ganscale.data.transport` and :mod:`ganscale.data.loader`:
   the resumable per-rank stream (uint8 batches; :mod:`ganscale.data.batch`);
   :mod:`ganscale.data.memory`: the same stream from memory (``data.in_memory``).
-- :mod:`ganscale.data.bench`: ``ganscale data bench``.
 
 The flip/rotation is applied on the training device: :mod:`ganscale.augment`.
 
 A *record* is one stored corpus image with its labels; "sample" means a generated image.
-Building corpora (synth, pack, inspect) is the offline tool, :mod:`ganscale.corpus`.
+Building corpora (synth, pack, inspect) is the offline tool, :mod:`ganscale.corpus`;
+``ganscale data bench`` (the loader's speed) is :mod:`ganscale.bench.data_bench`.
 """

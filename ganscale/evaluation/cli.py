@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ganscale.cli.options import DeviceOpt, n_option, out_option, seed_option, size_option, truncation_option
+from ganscale.cli_options import DeviceOpt, n_option, out_option, seed_option, size_option, truncation_option
 from ganscale.evaluation.classifier import DEFAULT_EPOCHS, DEFAULT_MAX_IMAGES, DEFAULT_SIZE
 
 classifier_app = typer.Typer(no_args_is_help=True)

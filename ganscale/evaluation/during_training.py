@@ -30,6 +30,7 @@ from ganscale.evaluation.config import METRIC_DIRECTIONS
 from ganscale.evaluation.diversity import structure_embedding
 from ganscale.evaluation.features import load_inception
 from ganscale.evaluation.scoring import draw_conditions, real_reference, score, uniform_conditions
+from ganscale.outputs.latents import draw_z
 
 if TYPE_CHECKING:
     from ganscale.config import Config
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
     from ganscale.runtime.base import Runtime
 
 PREFIX = "eval/"
-EVAL_SEED = 12345  # z and conditions of the training-time evaluation set (fixed for the run)
+EVAL_SEED = 12345  # z (draw_z: the z of `ganscale sample --seed 12345`) and conditions of the eval set
 
 
 def _quiet(*_: Any, **__: Any) -> None:
@@ -112,8 +113,7 @@ class TrainingEvaluator:
 
     @torch.no_grad()
     def _my_share(self, G: nn.Module) -> tuple[np.ndarray, ...]:
-        gen = torch.Generator().manual_seed(EVAL_SEED)
-        z_all = torch.randn(self.n, self.z_dim, generator=gen) * self.z_sigma
+        z_all = torch.from_numpy(draw_z(self.n, {"z_dim": self.z_dim, "z_sigma": self.z_sigma}, EVAL_SEED))
         idx = torch.arange(self.rank, self.n, self.world_size)
         was_training = G.training
         G.eval()

@@ -113,7 +113,7 @@ def run_corpus(run: Path) -> tuple[Path, dict[str, Any]]:
 
 
 def pick_device(device: str | None) -> torch.device:
-    from ganscale.outputs.sampling import pick_device as pick
+    from ganscale.outputs.engines import pick_device as pick
 
     return pick(device)
 
@@ -138,8 +138,8 @@ def evaluate_run(
     (:func:`ganscale.runtime.env.inception_weights`); ``cache_dir``: where ``download`` keeps the
     standard Inception file (:func:`ganscale.runtime.env.cache_dir`). ``truncation``: psi in
     (0, 1], z' = psi * z (None = 1 = none)."""
-    from ganscale.outputs.engines import check_psi
     from ganscale.outputs.export import find_export, load_generator
+    from ganscale.outputs.latents import check_psi
 
     psi = check_psi(truncation)
     t0 = time.perf_counter()

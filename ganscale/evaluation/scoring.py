@@ -30,6 +30,7 @@ from ganscale.evaluation.corpus_images import list_keys, read_corpus, spread_key
 from ganscale.evaluation.diversity import fid_div, structure_embedding, within_condition_diversity
 from ganscale.evaluation.features import InceptionFeatures
 from ganscale.evaluation.fid import KID_SUBSET_SIZE, feature_metrics
+from ganscale.outputs.latents import draw_z
 
 CACHE_DIR = "eval-cache"
 GEN_BATCH = 250
@@ -256,16 +257,16 @@ def generated_features(
 ) -> tuple[Tensor, Tensor, Tensor | None, Tensor]:
     """(classifier features, predicted labels, Inception features or None, edge-structure
     embeddings) of n generated samples from G, z ~ N(0, z_sigma) drawn from ``seed`` and scaled
-    by the truncation ``psi`` (1: as drawn); made and consumed batch by batch."""
+    by the truncation ``psi`` (1: as drawn) by :func:`ganscale.outputs.latents.draw_z`, the z of
+    ``ganscale sample --seed``; made and consumed batch by batch."""
     was_training = G.training
     G.eval()
-    gen = torch.Generator().manual_seed(seed)
+    z_all = torch.from_numpy(draw_z(n, meta, seed, psi=psi))
     feats, preds, incep, structure = [], [], [], []
     try:
         for i in range(0, n, batch_size):
             b = min(batch_size, n - i)
-            z = torch.randn(b, meta["z_dim"], generator=gen) * meta["z_sigma"]
-            z = (z * psi if psi != 1.0 else z).to(device)
+            z = z_all[i : i + b].to(device)
             y = labels[i : i + b].to(device) if labels is not None else None
             x = G(z, y).float().clamp(-1, 1)
             f, p = clf.run(x)

@@ -3,17 +3,12 @@
 ``load_engine(path)`` takes a run folder, a model folder (``ganscale export``), a
 ``.safetensors`` or a ``.onnx`` file. ``engine.images(z, labels, labels_to, t)`` returns uint8
 images [B, S, S, 3]; ``labels_to``/``t`` mix two conditions (``(1 - t) * onehot(labels) +
-t * onehot(labels_to)``, as ``ganscale sample --interpolate`` does).
+t * onehot(labels_to)``, as ``ganscale sample --interpolate`` does). ``ganscale sample`` and
+``ganscale serve`` both run generators through here, fed by :mod:`ganscale.outputs.latents`
+(the one way z and conditions are drawn from a seed).
 
 This module imports neither torch nor onnxruntime at import time: the ONNX path works where
-torch is not installed. Noise here is drawn with numpy (PCG64), so a seed means the same faces
-on both backends (the torch-only ``sampling.noise`` keeps its own stream for old runs).
-
-Truncation, everywhere a person asks for it (``ganscale sample/eval --truncation``, the serve
-API's and page's ``truncation``, the ONNX path), is one number psi in (0, 1]: z' = psi * z.
-z ~ N(0, z_sigma^2) has mean 0, so psi pulls every sample toward the average face
-(G(0, y)): less variety, fewer odd faces as psi falls; psi = 1 is no truncation and gives
-exactly the untruncated images.
+torch is not installed.
 
 Concurrency: one lock per engine around the forward pass. On CPU both backends already spread
 one forward over every core, so two forwards at once only fight for the same cores and double
@@ -25,76 +20,31 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ganscale.errors import GanscaleError
+from ganscale.outputs.latents import condition_code
+
+if TYPE_CHECKING:
+    import torch
 
 ONNX_FILE = "generator.onnx"
-ANY = "any"
-MIN_PSI, MAX_PSI = 0.0, 1.0
-"""psi is in (MIN_PSI, MAX_PSI]: 0 itself would give one face for every z."""
-PSI_HELP = (
-    "Truncation psi in (0, 1]: z is scaled by psi, pulling faces toward the average one "
-    "(less variety, fewer odd faces); 1 = no truncation."
-)
 
 
-def check_psi(psi: float | None, flag: str = "--truncation") -> float:
-    """``psi`` as a float (None -> 1.0, no truncation); outside (0, 1] a one-line GanscaleError."""
-    if psi is None:
-        return 1.0
-    value = float(psi)
-    if not (math.isfinite(value) and MIN_PSI < value <= MAX_PSI):
-        raise GanscaleError(
-            f"{flag} {psi}: psi must be in (0, 1] (1 = no truncation; e.g. 0.7 for fewer odd faces)"
-        )
-    return value
+def pick_device(device: str | None) -> torch.device:
+    """``--device`` as a torch device (default: CUDA when there is one); CUDA asked for where
+    there is none is a one-line GanscaleError."""
+    import torch
 
-
-def draw_z(n: int, meta: dict[str, Any], seed: int, psi: float | None = None) -> np.ndarray:
-    """[n, z_dim] float32 noise ~ N(0, z_sigma^2), times ``psi`` (the truncation every command
-    uses, see the module docstring; None or 1 leaves z as drawn)."""
-    scale = check_psi(psi)
-    rng = np.random.default_rng(seed)
-    z = rng.standard_normal((n, int(meta["z_dim"])))
-    z = z * float(meta["z_sigma"])
-    if scale != 1.0:
-        z = z * scale
-    return z.astype(np.float32)
-
-
-def resolve_labels(
-    choice: dict[str, str], attributes: dict[str, list[str]], n: int, seed: int
-) -> tuple[np.ndarray, list[str]]:
-    """``{"hair": "blue", "eyes": "any"}`` -> (int64 [n, A] indices, one tag text per image).
-
-    A missing attribute or ``"any"`` draws that attribute per image (seeded, its own stream so
-    the faces' z does not change). Unknown names raise a one-line GanscaleError listing the valid
-    ones."""
-    unknown = sorted(set(choice) - set(attributes))
-    if unknown:
-        raise GanscaleError(f"unknown attribute {unknown[0]!r}; this model has {', '.join(attributes)}")
-    rng = np.random.default_rng([seed, 1])
-    cols = []
-    for name, values in attributes.items():
-        picked = str(choice.get(name, ANY)).strip().lower()
-        if picked == ANY:
-            cols.append(rng.integers(0, len(values), n))
-        elif picked in values:
-            cols.append(np.full(n, values.index(picked)))
-        else:
-            raise GanscaleError(
-                f"{name}: unknown value {picked[:40]!r}; choose one of {', '.join(values)} or {ANY}"
-            )
-    labels = np.stack(cols, 1).astype(np.int64) if cols else np.zeros((n, 0), np.int64)
-    names = list(attributes)
-    tags = [" ".join(f"{attributes[a][i]} {a}" for a, i in zip(names, row, strict=True)) for row in labels]
-    return labels, tags
+    if device:
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise GanscaleError(f"--device {device}: CUDA is not available here; use --device cpu")
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def grid(images: np.ndarray, ncol: int | None = None, pad: int = 2) -> np.ndarray:
@@ -119,17 +69,6 @@ def gif_bytes(frames: np.ndarray, duration_ms: int = 80) -> bytes:
     buf = io.BytesIO()
     ims[0].save(buf, format="GIF", save_all=True, append_images=ims[1:], duration=duration_ms, loop=0)
     return buf.getvalue()
-
-
-def slerp_np(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """Row-wise spherical interpolation, ``t`` [B, 1] (the numpy twin of sampling.slerp)."""
-    an = a / np.linalg.norm(a, axis=-1, keepdims=True)
-    bn = b / np.linalg.norm(b, axis=-1, keepdims=True)
-    omega = np.arccos(np.clip((an * bn).sum(-1, keepdims=True), -1, 1))
-    so = np.sin(omega)
-    if float(np.abs(so).min()) < 1e-6:
-        return ((1 - t) * a + t * b).astype(np.float32)
-    return (np.sin((1 - t) * omega) / so * a + np.sin(t * omega) / so * b).astype(np.float32)
 
 
 def to_uint8_np(x: np.ndarray) -> np.ndarray:
@@ -173,9 +112,8 @@ class Engine:
 class TorchEngine(Engine):
     backend = "torch"
 
-    def __init__(self, path: Path, device: str = "cpu") -> None:
+    def __init__(self, path: Path, device: str | None = "cpu") -> None:
         from ganscale.outputs.export import find_export, load_generator
-        from ganscale.outputs.sampling import pick_device
 
         self.device = pick_device(device)
         G, meta = load_generator(path, self.device)
@@ -189,28 +127,14 @@ class TorchEngine(Engine):
             zt = torch.from_numpy(np.ascontiguousarray(z)).to(self.device)
             if not self.attributes:
                 return self.G(zt, None).float().cpu().numpy()
-            code = _code(labels, labels_to, t, self.meta["num_classes"])
+            code = condition_code(labels, self.meta["num_classes"], labels_to, t)
             return self.G(zt, torch.from_numpy(code).to(self.device)).float().cpu().numpy()
-
-
-def _code(
-    labels: np.ndarray, labels_to: np.ndarray | None, t: np.ndarray | None, sizes: list[int]
-) -> np.ndarray:
-    """The (mixed) one-hot code G is conditioned on; -1 is an all-zero one-hot."""
-    parts = []
-    for i, n in enumerate(sizes):
-        a = (labels[:, i : i + 1] == np.arange(n)).astype(np.float32)
-        if labels_to is not None and t is not None:
-            b = (labels_to[:, i : i + 1] == np.arange(n)).astype(np.float32)
-            a = (1 - t) * a + t * b
-        parts.append(a)
-    return np.concatenate(parts, 1).astype(np.float32)
 
 
 class OnnxEngine(Engine):
     backend = "onnx"
 
-    def __init__(self, path: Path, device: str = "cpu") -> None:
+    def __init__(self, path: Path, device: str | None = "cpu") -> None:
         onnx_path = path / ONNX_FILE if path.is_dir() else path
         meta = read_meta(onnx_path.with_suffix(".json"))
         super().__init__(meta, onnx_path)
@@ -282,8 +206,9 @@ def is_onnx(path: Path) -> bool:
     )
 
 
-def load_engine(path: str | Path, device: str = "cpu") -> Engine:
-    """Load once: ONNX through onnxruntime (no torch), anything else through PyTorch."""
+def load_engine(path: str | Path, device: str | None = "cpu") -> Engine:
+    """Load once: ONNX through onnxruntime (no torch), anything else through PyTorch (``device``
+    None: CUDA when there is one)."""
     path = Path(path)
     if not path.exists():
         raise GanscaleError(f"{path}: no such run folder, model folder or generator file")

@@ -73,13 +73,14 @@ def export_onnx(run: Path, out_dir: Path, check: bool = True) -> Path:
         ) from None
     from ganscale.outputs.export import META, find_export, load_generator
     from ganscale.outputs.facts import write_facts
+    from ganscale.outputs.latents import draw_z
 
     G, meta = load_generator(run, "cpu")
     sizes = [len(v) for v in meta["attributes"].values()]
     wrapper = _wrapper(G, sizes)
     out_dir.mkdir(parents=True, exist_ok=True)
     path, tmp = out_dir / ONNX_FILE, out_dir / (ONNX_FILE + ".tmp")
-    z = torch.randn(3, meta["z_dim"])
+    z = torch.from_numpy(draw_z(3, meta, seed=0))  # a tracing input: any z of the right shape
     if sizes:
         labels = torch.zeros(3, len(sizes), dtype=torch.long)
         args: tuple = (z, labels, torch.full((1, len(sizes)), -1, dtype=torch.long), torch.zeros(1, 1))
@@ -122,17 +123,18 @@ def export_onnx(run: Path, out_dir: Path, check: bool = True) -> Path:
 
 
 def parity(G, onnx_path: Path, n: int = 16, seed: int = 0) -> float:  # noqa: ANN001 - an nn.Module
-    """Max |onnxruntime - PyTorch| over a batch of ``n`` (random conditions, random z)."""
+    """Max |onnxruntime - PyTorch| over a batch of ``n`` (z and every condition drawn from
+    ``seed``, as ``ganscale sample`` and ``serve`` draw them)."""
     import numpy as np
     import torch
 
-    from ganscale.outputs.engines import OnnxEngine, draw_z
+    from ganscale.outputs.engines import OnnxEngine
+    from ganscale.outputs.latents import draw_labels, draw_z
 
     engine = OnnxEngine(Path(onnx_path))
     z = draw_z(n, engine.meta, seed)
     sizes = engine.meta["num_classes"]
-    rng = np.random.default_rng(seed)
-    labels = np.stack([rng.integers(0, k, n) for k in sizes], 1) if sizes else None
+    labels = draw_labels({}, engine.attributes, n, seed)[0] if sizes else None
     got = engine.raw(z, labels)
     with torch.no_grad():
         want = G(torch.from_numpy(z), torch.from_numpy(labels) if sizes else None).float().numpy()

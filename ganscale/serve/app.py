@@ -8,7 +8,8 @@
                             "truncation"} -> a strip PNG and a GIF (data URLs)
 
 ``truncation`` is psi in (0, 1], as in ``ganscale sample --truncation``: z' = psi * z, pulling
-faces toward the average one; null or 1 = none (see ganscale.outputs.engines).
+faces toward the average one; null or 1 = none. z and the conditions left to "any" are drawn by
+ganscale.outputs.latents, as for `ganscale sample`: seed k here is seed k there.
 
 Safety: requests carry only colour names, counts, seeds and a truncation value, checked by
 strict pydantic models (unknown fields refused), then against the model's own vocabulary; no
@@ -31,17 +32,8 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from ganscale.errors import GanscaleError
-from ganscale.outputs.engines import (
-    MAX_PSI,
-    MIN_PSI,
-    Engine,
-    draw_z,
-    gif_bytes,
-    grid,
-    png_bytes,
-    resolve_labels,
-    slerp_np,
-)
+from ganscale.outputs.engines import Engine, gif_bytes, grid, png_bytes
+from ganscale.outputs.latents import MAX_PSI, MIN_PSI, draw_labels, draw_z, walk
 from ganscale.serve.page import PAGE
 
 MAX_N = 64
@@ -168,7 +160,7 @@ def create_app(engine: Engine, facts: dict[str, Any], host: str = "127.0.0.1") -
             if conditions:
                 raise GanscaleError("this model is unconditional: it takes only a seed and a count")
             return None, [""] * n
-        return resolve_labels(conditions, attributes, n, seed)
+        return draw_labels(conditions, attributes, n, seed)
 
     @app.post("/api/generate")
     def generate(req: GenerateRequest) -> dict[str, Any]:
@@ -197,9 +189,7 @@ def create_app(engine: Engine, facts: dict[str, Any], host: str = "127.0.0.1") -
         import numpy as np
 
         f = req.frames
-        t = np.linspace(0, 1, f, dtype=np.float32)[:, None]
-        za, zb = draw_z(1, meta, seed_a, psi=req.truncation), draw_z(1, meta, seed_b, psi=req.truncation)
-        z = slerp_np(np.repeat(za, f, 0), np.repeat(zb, f, 0), t)
+        z, t = walk(seed_a, seed_b, f, meta, psi=req.truncation)
         if attributes:
             frames = engine.images(z, np.repeat(lab_a, f, 0), np.repeat(lab_b, f, 0), t)
         else:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ganscale.cli.options import SetOpt, out_option
+from ganscale.cli_options import SetOpt, out_option
 
 
 def sweep_command(

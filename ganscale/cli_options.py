@@ -1,5 +1,9 @@
 """Arguments and options the ganscale commands share, each flag declared once.
 
+Outside ``ganscale.cli``: the command groups that live beside their code (``corpus/cli.py``,
+``evaluation/cli.py``, ``sweep/cli.py``, ``bench/step_bench.py``) import these without importing
+the app in ``ganscale.cli``, which imports them (no import cycle).
+
 An alias (``ConfigArg``, ``SetOpt``, ``DeviceOpt``, ``ProgressOpt``) is a whole parameter
 type: the flag means the same everywhere. A factory (``seed_option``, ``out_option``...)
 fixes the flag's name and leaves the help to the command, for a flag whose meaning depends
