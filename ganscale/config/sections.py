@@ -77,8 +77,6 @@ class ModelConfig:
             "model.g_condition",
             "cbn needs model.conditional: true (an unconditional G has no labels); use concat",
         )
-        if self.d_norm == "auto" and self.spectral_norm != "none":
-            self.d_norm = "none"  # resolved here so Config.d_norm and the saved config agree
 
 
 @dataclass
