@@ -256,10 +256,9 @@ class Faults:
         """Is a decision due after ``step`` steps? (every faults.check_every steps)"""
         return step % self.cfg.check_every == 0
 
-    def decide(self, step: int, batches: int, stop: StopSignal) -> Decision:
-        """The agreed decision after ``step`` steps, before the next window of ``batches`` real
-        batches (read now): one all-reduce of (non-finite, data short, stop signal)."""
-        have = self.data.fill(batches)
+    def decide(self, step: int, have: bool, stop: StopSignal) -> Decision:
+        """The agreed decision after ``step`` steps; ``have``: this rank holds the batches of the
+        next window (:meth:`DataWatch.fill`). One all-reduce of (non-finite, data short, stop)."""
         bad_d, bad_g = self._bad["d"], self._bad["g"]
         self._bad = {"d": None, "g": None}
         first, self._checked = self._checked + 1, step
