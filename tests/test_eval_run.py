@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 from pathlib import Path
@@ -300,8 +301,7 @@ def test_training_hook_logs_metrics_and_keeps_best(tmp_path, corpus_cache):
         rows = [r for r in read_metrics(run / "metrics.jsonl") if "eval/fid_classifier" in r]
         assert [r["step"] for r in rows] == [2, 3]
         assert hook.state_dict()["best_step"] == 2
-        cfg.eval = EvalConfig(every=0)
-        assert TrainingEvalHook.build(trainer.eval_context()) is None
+        assert TrainingEvalHook.build(dataclasses.replace(trainer.eval_context(), every=0)) is None
     finally:
         trainer.close()
         rt.end()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ganscale.seeding import NoisePhase, stream_id, step_generator
+from ganscale.seeding import NoisePhase, step_generator, stream_id
 
 __all__ = ["NoisePhase", "NoiseSource", "step_generator"]
 

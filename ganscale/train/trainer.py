@@ -3,13 +3,11 @@
 
 ``ganscale train`` first resolves a :class:`~ganscale.train.plan.Plan` (every derived value and
 every refusal, before the run folder is touched: :func:`train`), then builds the trainer from
-it. One public training step, :meth:`Trainer.step`, is what ``ganscale train``, ``ganscale
-bench`` and the multi-process tests run. Around it, each concern has its own module:
-:mod:`~ganscale.train.noise` (the derived noise of each phase), :mod:`~ganscale.train.faults`
-(the per-step decision: NaN policy, rollback, stop signals, the data's end),
-:mod:`~ganscale.train.state` (the resumable state and its checkpoint),
-:mod:`~ganscale.train.reporting` (the one metrics writer, health warnings, progress bar, sample
-grids, export).
+it. :meth:`Trainer.step` is what ``ganscale train``, ``ganscale bench`` and the multi-process
+tests run. Around it: :mod:`~ganscale.train.terms` (the step's loss terms),
+:mod:`~ganscale.train.noise`, :mod:`~ganscale.train.faults` (the decision: NaN policy, rollback,
+stop signals, the data's end), :mod:`~ganscale.train.state` (the resumable state),
+:mod:`~ganscale.train.reporting` (the one metrics writer, sample grids, export).
 
 Randomness that matters for exact resume is derived, not carried: the noise of step ``t``
 on rank ``r`` comes from a generator seeded with (seed, rank, t, phase), and the data
@@ -37,7 +35,7 @@ from ganscale.outputs.tracking import MetricsFile, Tracker, build_tracker
 from ganscale.run_layout import CONFIG, METRICS
 from ganscale.runtime import Runtime, build_runtime, env
 from ganscale.train import checkpoint as ckpt
-from ganscale.train import losses
+from ganscale.train import losses, terms
 from ganscale.train.ema import EMA
 from ganscale.train.faults import (
     CONTINUE,
@@ -213,7 +211,8 @@ class Trainer:
         logged steps (NaN on any step whose update was dropped), ``loss/penalty`` on
         lazy-penalty steps. Non-finite losses are noted for the next decision (:meth:`run`).
         """
-        rt, aug, accum, step = self.rt, self.augment, self.plan.batch.grad_accum, self.state.step
+        rt, aug, lc = self.rt, self.augment, self.cfg.loss
+        accum, step = self.plan.batch.grad_accum, self.state.step
         log = self.logged() if log is None else log
         out: dict[str, torch.Tensor] = {}
         self.faults.skipped = False
@@ -221,7 +220,7 @@ class Trainer:
 
         # D phase: n_critic updates of D, each on grad_accum micro-batches of reals and fakes
         for critic in range(self.plan.batch.n_critic):
-            penalty = self.penalty_due(step, critic)
+            penalty = terms.penalty_due(lc, self.plan.batch.n_critic, step, critic)
             for micro in range(accum):
                 real, real_labels = self.next_batch()
                 z, fake_labels = self.noise.draw(step, real.shape[0], "d", micro, critic)
@@ -230,13 +229,14 @@ class Trainer:
                         fake = rt.G(z, fake_labels)
                     real_logits, real_cls = rt.D(aug(real), real_labels)
                     fake_logits, fake_cls = rt.D(aug(fake.detach()), fake_labels)
-                    loss_d, cls_d = self.d_loss(
-                        real_logits, real_cls, real_labels, fake_logits, fake_cls, fake_labels
+                    loss_d, cls_d = terms.d_loss(
+                        lc, real_logits, real_cls, real_labels, fake_logits, fake_cls, fake_labels
                     )
-                    if penalty:
-                        loss_d = loss_d + self.penalty(step, critic, micro, real, fake, real_labels, out)
+                    if penalty:  # of D after the augmentation, with the step's own random mixing
+                        gen = self.noise.generator(step, NoisePhase.PENALTY, critic, micro)
+                        loss_d = loss_d + terms.penalty_term(lc, rt, aug, gen, real, fake, real_labels, out)
                     if self.lecam is not None:
-                        loss_d = loss_d + self.lecam_term(real_logits, fake_logits, out)
+                        loss_d = loss_d + terms.lecam_term(lc, self.lecam, real_logits, fake_logits, out)
                     aug.observe_real(real_logits)
                     rt.backward(loss_d / accum, "d")
             if not self.update("d", loss_d, log, out):
@@ -253,7 +253,7 @@ class Trainer:
                     # shared: the D phase's G forward (D's graph is new: the D step changed D in place)
                     fake, fake_labels = shared if shared is not None else (rt.G(z, fake_labels), fake_labels)
                     g_logits, g_cls = D(aug(fake), fake_labels)
-                    loss_g, cls_g = self.g_loss(g_logits, g_cls, fake_labels)
+                    loss_g, cls_g = terms.g_loss(lc, g_logits, g_cls, fake_labels)
                     rt.backward(loss_g / accum, "g")
         if self.update("g", loss_g, log, out):
             self.ema.update()
@@ -262,7 +262,8 @@ class Trainer:
         out |= {"loss/d": loss_d.detach(), "loss/d_class": cls_d.detach()}
         out |= {"loss/g": loss_g.detach(), "loss/g_class": cls_g.detach()}
         if log:
-            out |= self.logged_metrics(real_logits, fake_logits, real_cls, real_labels, g_cls, fake_labels)
+            d_out = (real_logits, fake_logits, real_cls, real_labels, g_cls, fake_labels)
+            out |= terms.logged_metrics(lc.adversarial, self.attributes, *d_out)
         out |= aug.end_step(step)  # ADA: p's adjustment (collective every ada_interval)
         out["skipped"] = self.faults.one if self.faults.skipped else self.faults.zero
         self.state.step += 1
@@ -282,72 +283,6 @@ class Trainer:
             return images, None
         return images, labels.to(self.rt.device, non_blocking=True)
 
-    def d_loss(
-        self,
-        real_logits: torch.Tensor,
-        real_cls: list[torch.Tensor],
-        real_labels: torch.Tensor | None,
-        fake_logits: torch.Tensor,
-        fake_cls: list[torch.Tensor],
-        fake_labels: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """D's adversarial + weighted class loss (ACGAN: reals, and fakes with loss.d_fake_class);
-        (the loss, its class part)."""
-        lc = self.cfg.loss
-        adv = losses.d_adversarial_loss(lc.adversarial, real_logits, fake_logits)
-        cls = losses.class_loss(real_cls, real_labels)
-        if lc.d_fake_class:
-            cls = cls + losses.class_loss(fake_cls, fake_labels, all_known=True)
-        cls = lc.class_weight * cls
-        return adv + cls, cls
-
-    def g_loss(
-        self, logits: torch.Tensor, cls_logits: list[torch.Tensor], labels: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """G's adversarial + weighted class loss; (the loss, its class part)."""
-        lc = self.cfg.loss
-        adv = losses.g_adversarial_loss(lc.adversarial, logits)
-        cls = lc.class_weight * losses.class_loss(cls_logits, labels, all_known=True)
-        return adv + cls, cls
-
-    def penalty_due(self, step: int, critic: int) -> bool:
-        """Lazy penalty: on D updates 0, N, 2N... (counted over steps and critic updates)."""
-        lc, n_critic = self.cfg.loss, self.plan.batch.n_critic
-        return lc.penalty != "none" and (step * n_critic + critic) % lc.penalty_every == 0
-
-    def penalty(
-        self,
-        step: int,
-        critic: int,
-        micro: int,
-        real: torch.Tensor,
-        fake: torch.Tensor,
-        real_labels: torch.Tensor | None,
-        out: dict[str, torch.Tensor],
-    ) -> torch.Tensor:
-        """The gradient penalty's term of D's loss (weight x penalty_every), of D after the
-        augmentation (the plain D under it, as losses.py runs)."""
-        lc, rt = self.cfg.loss, self.rt
-        pen = losses.gradient_penalty(
-            lc.penalty,
-            self.augment.discriminator(rt.D, plain=rt.module("d")),
-            real,
-            fake,
-            real_labels,
-            grad_scale=rt.loss_scale("d"),
-            generator=self.noise.generator(step, NoisePhase.PENALTY, critic, micro),
-        )
-        out["loss/penalty"] = pen.detach()
-        return lc.penalty_weight * lc.penalty_every * pen
-
-    def lecam_term(
-        self, real_logits: torch.Tensor, fake_logits: torch.Tensor, out: dict[str, torch.Tensor]
-    ) -> torch.Tensor:
-        """LeCam's term of D's loss (its EMAs of D's outputs updated first)."""
-        lecam = self.lecam.penalty(real_logits, fake_logits)
-        out["loss/lecam"] = lecam.detach()
-        return self.cfg.loss.lecam_weight * lecam
-
     def update(self, net: str, loss: torch.Tensor, log: bool, out: dict[str, torch.Tensor]) -> bool:
         """``net``'s optimizer step; False when faults.nan_policy=skip dropped it (its norm NaN).
         The gradient norm is measured only where a metrics row reads it."""
@@ -358,28 +293,6 @@ class Trainer:
         if norm is not None:
             out[f"grad_norm/{net}"] = norm
         return True
-
-    def logged_metrics(
-        self,
-        real_logits: torch.Tensor,
-        fake_logits: torch.Tensor,
-        real_cls: list[torch.Tensor],
-        real_labels: torch.Tensor | None,
-        g_cls: list[torch.Tensor],
-        g_labels: torch.Tensor | None,
-    ) -> dict[str, torch.Tensor]:
-        """What only a metrics row reads: D's mean output on reals and fakes (D phase), the
-        class accuracy on reals (D phase) and on G's fakes (G phase)."""
-        out = {"d/real": self._d_prob(real_logits), "d/fake": self._d_prob(fake_logits)}
-        for name, acc in zip(self.attributes, losses.class_accuracy(real_cls, real_labels), strict=False):
-            out[f"acc/real/{name}"] = acc
-        for name, acc in zip(self.attributes, losses.class_accuracy(g_cls, g_labels), strict=False):
-            out[f"acc/fake/{name}"] = acc
-        return out
-
-    def _d_prob(self, logits: torch.Tensor) -> torch.Tensor:
-        logits = logits.detach().float()
-        return torch.sigmoid(logits).mean() if self.cfg.loss.adversarial == "bce" else logits.mean()
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> TrainResult:
