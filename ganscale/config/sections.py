@@ -55,7 +55,7 @@ class ModelConfig:
     """Spectral normalisation (Miyato et al. 2018) of every conv, linear and embedding weight:
     none; d: of D (SN-GAN); both: of D and G (SAGAN, BigGAN). SN-GAN's D has no BatchNorm (a BN
     after a normalised layer rescales it and undoes the Lipschitz bound), so with spectral norm
-    on D, d_norm auto resolves to none here; set d_norm: batch to keep BN in D anyway. G keeps its
+    on D, d_norm auto resolves to none (train/plan.py); set d_norm: batch to keep BN in D anyway. G keeps its
     BatchNorm. Exports hold the raw weights plus power-iteration vectors (models/spectral.py)."""
     g_condition: Literal["concat", "cbn"] = "concat"
     """How G takes the labels: concat: one-hot labels concatenated to z (the study's ACGAN);
