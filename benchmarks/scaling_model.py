@@ -17,6 +17,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ganscale.config import load_config
 from ganscale.models import build_discriminator, build_generator
+from ganscale.train.plan import d_norm_of
 
 
 def count(path: str) -> dict:
@@ -25,7 +26,7 @@ def count(path: str) -> dict:
 
     num_classes = [len(v) for v in MLDS_ATTRIBUTES.values()] if cfg.model.conditional else []
     G = build_generator(cfg.model, num_classes)
-    D = build_discriminator(cfg.model, num_classes, norm=cfg.d_norm)
+    D = build_discriminator(cfg.model, num_classes, norm=d_norm_of(cfg))
     b = cfg.train.batch_size
     z = torch.randn(1, cfg.model.z_dim)
     labels = torch.zeros(1, len(num_classes), dtype=torch.long) if num_classes else None

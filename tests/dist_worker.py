@@ -168,7 +168,7 @@ def build(backend: str, stage: int, batch: int, accum: int, out: Path, precision
     from ganscale.outputs.tracking import MetricsFile, NullTracker
     from ganscale.runtime.accelerate_backend import AccelerateRuntime
     from ganscale.runtime.deepspeed_backend import DeepSpeedRuntime
-    from ganscale.train.trainer import Trainer
+    from ganscale.train.trainer import Trainer, plan_for
 
     cfg = make_cfg(backend, stage, batch, accum, precision)
     rt = DeepSpeedRuntime(cfg) if backend == "deepspeed" else AccelerateRuntime(cfg)
@@ -178,7 +178,13 @@ def build(backend: str, stage: int, batch: int, accum: int, out: Path, precision
     try:
         data = SlotData(rt.rank, rt.plan.grad_accum, rt.plan.batch_size)
         trainer = Trainer(
-            cfg, out, rt, resume=resume, data=data, tracker=NullTracker(), metrics=MetricsFile(None)
+            plan_for(cfg, rt, data),
+            out,
+            rt,
+            resume=resume,
+            data=data,
+            tracker=NullTracker(),
+            metrics=MetricsFile(None),
         )
     finally:
         ganscale.models.build_generator = builder
@@ -390,14 +396,16 @@ def evaluate(args: argparse.Namespace) -> dict:
     from ganscale.outputs.tracking import MetricsFile, NullTracker
     from ganscale.runtime import build_runtime
     from ganscale.train.checkpoint import latest_checkpoint
-    from ganscale.train.trainer import Trainer
+    from ganscale.train.trainer import Trainer, plan_for
 
     run = Path(args.source_run)
     ref = latest_checkpoint(run)
     cfg = load_config(run / "config.yaml", ["eval.every=1", f"eval.n={args.eval_n}", "log.tracker=none"])
     rt = build_runtime(cfg)
     out = Path(args.out) / "run"
-    trainer = Trainer(cfg, out, rt, resume=str(ref.path), tracker=NullTracker(), metrics=MetricsFile(None))
+    trainer = Trainer(
+        plan_for(cfg, rt), out, rt, resume=str(ref.path), tracker=NullTracker(), metrics=MetricsFile(None)
+    )
     metrics = trainer.eval_hook.after_step(trainer.state.step, final=True)
     report = {"rank": rt.rank, "world_size": rt.world_size, "step": trainer.state.step, "metrics": metrics}
     trainer.close()

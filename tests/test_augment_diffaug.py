@@ -12,7 +12,8 @@ from torch import nn
 from ganscale.augment import diffaugment as da
 from ganscale.config import ConfigError, load_config
 from ganscale.runtime import build_runtime
-from ganscale.train.trainer import Trainer
+from ganscale.train.plan import augment_policy_of
+from ganscale.train.trainer import Trainer, plan_for
 
 TINY = REPO / "configs/tiny.yaml"
 
@@ -144,7 +145,7 @@ def _captured_inputs(tmp_path, corpus_cache, *sets: str) -> dict[str, list[torch
     phase (D frozen)."""
     cfg = load_config(TINY, [f"data.cache_dir={corpus_cache}", "log.sample_every=0", *sets])
     rt = build_runtime(cfg)
-    trainer = Trainer(cfg, tmp_path / "run", rt)
+    trainer = Trainer(plan_for(cfg, rt), tmp_path / "run", rt)
     D = rt.module("d")
     seen: dict[str, list[torch.Tensor]] = {"d": [], "g": [], "penalty": []}
 
@@ -185,17 +186,17 @@ def test_the_trainer_cuts_out_every_image_d_sees(tmp_path, corpus_cache):
 
 
 def test_conditional_runs_drop_color_by_default_and_warn_when_asked_for_it(tmp_path, corpus_cache):
-    auto = load_config(TINY, ["augment.kind=ada"]).augment.policy
-    assert auto == "translation,cutout"
-    uncond = load_config(TINY, ["augment.kind=ada", "model.conditional=false"]).augment.policy
-    assert uncond == "translation,cutout,color"
+    auto = load_config(TINY, ["augment.kind=ada"])
+    assert auto.augment.policy == "auto" and augment_policy_of(auto) == ("translation", "cutout")
+    uncond = augment_policy_of(load_config(TINY, ["augment.kind=ada", "model.conditional=false"]))
+    assert uncond == ("translation", "cutout", "color")
     cfg = load_config(
         TINY, [f"data.cache_dir={corpus_cache}", "augment.kind=diffaugment", "augment.policy=color"]
     )
     rt = build_runtime(cfg)
     try:
         with pytest.warns(UserWarning, match="augment.policy has color and model.conditional"):
-            Trainer(cfg, tmp_path / "run", rt).close()
+            Trainer(plan_for(cfg, rt), tmp_path / "run", rt).close()
     finally:
         rt.end()
 

@@ -27,7 +27,7 @@ from ganscale.data.sources import iter_records, shard_keys
 from ganscale.errors import GanscaleError
 from ganscale.runtime import build_runtime
 from ganscale.train.checkpoint import latest_checkpoint, read_state
-from ganscale.train.trainer import Trainer
+from ganscale.train.trainer import Trainer, plan_for
 
 N, SHARDS, SIZE, B = 256, 16, 16, 8  # the tiny config's synthetic corpus; batch 8 -> 32 steps an epoch
 BRACE = "synth-{000000..000015}.tar"
@@ -308,7 +308,7 @@ def _trainer_run(cfg, run: Path, on_batch=None, resume: str | None = None) -> tu
         )
         rec = KeyRecorder(data, on_batch)
         try:
-            return rec, Trainer(cfg, run, rt, resume=resume, data=rec).run()
+            return rec, Trainer(plan_for(cfg, rt, rec), run, rt, resume=resume, data=rec).run()
         except GanscaleError as e:  # the trainer stops every rank on a data error (DataEnded)
             return rec, e
     finally:

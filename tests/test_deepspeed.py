@@ -13,6 +13,7 @@ from ganscale.config import config_from_dict
 from ganscale.errors import ConfigError
 from ganscale.runtime.base import BatchPlan
 from ganscale.runtime.deepspeed_config import ds_config
+from ganscale.train.plan import d_norm_of
 
 ZERO2_JSON = REPO / "launch" / "deepspeed" / "zero2.json"
 needs_ds = pytest.mark.skipif(not has_deepspeed(), reason="deepspeed not installed")
@@ -41,7 +42,7 @@ def test_gradient_penalties_are_accepted_under_deepspeed(stage, penalty):
             "loss": {"penalty": penalty, "adversarial": adversarial},
         }
     )
-    assert cfg.loss.penalty == penalty and cfg.d_norm == ("none" if penalty == "gp" else "batch")
+    assert cfg.loss.penalty == penalty and d_norm_of(cfg) == ("none" if penalty == "gp" else "batch")
     wgan_gp = load_config(
         REPO / "configs" / "wgan-gp.yaml", ["backend=deepspeed", f"deepspeed.zero_stage={stage}"]
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import threading
@@ -13,10 +14,9 @@ from conftest import REPO
 from PIL import Image
 from typer.testing import CliRunner
 
-from ganscale.config import load_config
+from ganscale.config import EvalConfig, load_config
 from ganscale.data.resolve import corpus_folder
 from ganscale.errors import GanscaleError
-from ganscale.evaluation.config import EvalConfig
 from ganscale.evaluation.during_training import TrainingEvaluator
 from ganscale.evaluation.evaluate import evaluate_run
 from ganscale.evaluation.features import INCEPTION_ENV
@@ -357,7 +357,7 @@ def test_training_hook_logs_metrics_and_keeps_best(tmp_path, corpus_cache):
     from ganscale.outputs.export import find_export
     from ganscale.outputs.tracking import MetricsFile, NullTracker, read_metrics
     from ganscale.runtime import build_runtime
-    from ganscale.train.trainer import Trainer
+    from ganscale.train.trainer import Trainer, plan_for
 
     cfg = load_config(REPO / "configs/tiny.yaml", [f"data.cache_dir={corpus_cache}"])
     cfg.eval = EvalConfig(every=2, n=32)
@@ -365,7 +365,9 @@ def test_training_hook_logs_metrics_and_keeps_best(tmp_path, corpus_cache):
     run.mkdir()
     rt = build_runtime(cfg)
     try:
-        trainer = Trainer(cfg, run, rt, metrics=MetricsFile(run / "metrics.jsonl"), tracker=NullTracker())
+        trainer = Trainer(
+            plan_for(cfg, rt), run, rt, metrics=MetricsFile(run / "metrics.jsonl"), tracker=NullTracker()
+        )
         hook = TrainingEvalHook.build(trainer.eval_context())
         assert hook.after_step(1) is None
         first = hook.after_step(2)
@@ -378,8 +380,7 @@ def test_training_hook_logs_metrics_and_keeps_best(tmp_path, corpus_cache):
         rows = [r for r in read_metrics(run / "metrics.jsonl") if "eval/fid_classifier" in r]
         assert [r["step"] for r in rows] == [2, 3]
         assert hook.state_dict()["best_step"] == 2
-        cfg.eval = EvalConfig(every=0)
-        assert TrainingEvalHook.build(trainer.eval_context()) is None
+        assert TrainingEvalHook.build(dataclasses.replace(trainer.eval_context(), every=0)) is None
     finally:
         trainer.close()
         rt.end()

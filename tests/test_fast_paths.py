@@ -14,7 +14,7 @@ from ganscale.config import load_config
 from ganscale.errors import ConfigError
 from ganscale.runtime import build_runtime
 from ganscale.train.checkpoint import latest_checkpoint
-from ganscale.train.trainer import NonFiniteLoss, Trainer
+from ganscale.train.trainer import NonFiniteLoss, Trainer, plan_for
 
 TINY = str(REPO / "configs/tiny.yaml")
 STEPS = 4
@@ -90,7 +90,7 @@ def _nan_trainer(tmp_path, tiny_overrides, at, *overrides):
     )
     rt = build_runtime(cfg)
     (tmp_path / "run").mkdir()
-    trainer = Trainer(cfg, tmp_path / "run", rt)
+    trainer = Trainer(plan_for(cfg, rt), tmp_path / "run", rt)
     fired = []
 
     def hook(module, args, out):  # G's output becomes NaN once, at step index `at`

@@ -4,7 +4,9 @@ skipped and counted in training; a missing shard or an unreachable URL is one li
 
 from __future__ import annotations
 
+import hashlib
 import io
+import itertools
 import shutil
 import time
 import warnings
@@ -17,8 +19,11 @@ from PIL import Image
 from ganscale.cli import main
 from ganscale.config import load_config
 from ganscale.corpus.synthetic import ensure_synthetic_corpus
+from ganscale.data.loader import build_loader
 from ganscale.outputs.tracking import read_metrics
-from ganscale.train.trainer import train
+from ganscale.runtime import build_runtime
+from ganscale.train.checkpoint import latest_checkpoint, read_state
+from ganscale.train.trainer import DataEnded, Trainer, plan_for, train
 
 pytestmark = pytest.mark.faults
 
@@ -134,3 +139,63 @@ def test_pipe_urls_need_the_opt_in(shards, tmp_path, corpus_cache, capsys):
     )
     assert marker.exists() and next(iter(s))[0].shape == (8, 3, 16, 16)  # opted in: it runs
     record("pipe: URL", 2, 2, "refused without data.allow_pipe (command not run); runs with it")
+
+
+class FiniteStream:
+    """The real loader, cut after ``n`` batches (a stream that ends), each batch taken once."""
+
+    def __init__(self, stream, n: int) -> None:
+        self.stream, self.info, self.n = stream, stream.info, n
+
+    def __iter__(self):
+        return itertools.islice(iter(self.stream), self.n)
+
+    def stats(self) -> dict[str, int]:
+        return self.stream.stats()
+
+    def state_dict(self) -> dict:
+        return self.stream.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.stream.load_state_dict(state)
+
+
+def test_data_ending_between_checks_trains_no_batch_twice(tmp_path, corpus_cache):
+    """faults.check_every=3 and a stream of 10 batches: steps 1-9 train on batches 1-9, each
+    once; the decision after step 9 finds no full window for steps 10-12 and stops every rank
+    there (before, the watch repeated batch 10 for steps 11 and 12 before the check). The
+    checkpoint of step 9 records the position after batch 9, not after what was read ahead."""
+    sets = ["faults.check_every=3", "train.max_steps=20", "log.sample_every=0"]
+    cfg = load_config(TINY, [f"data.cache_dir={corpus_cache}", *sets])
+    rt = build_runtime(cfg)
+    data = FiniteStream(
+        build_loader(
+            cfg.data,
+            image_size=cfg.model.image_size,
+            batch_size=rt.plan.batch_size,
+            seed=cfg.seed,
+            rank=0,
+            world_size=1,
+            output="uint8",
+        ),
+        10,
+    )
+    trainer = Trainer(plan_for(cfg, rt, data), tmp_path / "run", rt, data=data)
+    taken, next_batch = [], trainer.next_batch
+
+    def spy():
+        real, labels = next_batch()
+        taken.append(hashlib.sha256(real.cpu().numpy().tobytes()).hexdigest())
+        return real, labels
+
+    trainer.next_batch = spy
+    try:
+        with pytest.raises(DataEnded) as e:
+            trainer.run()
+    finally:
+        rt.end()
+    assert str(e.value) == "the data ended at step 10: the data stream ended"
+    assert len(taken) == 9 and len(set(taken)) == 9  # one batch per step, none twice
+    ref = latest_checkpoint(tmp_path / "run")
+    assert ref.step == 9 and read_state(ref.path)["data"][0]["batch"] == 9
+    record("data ends between checks (check_every=3)", 1, 1, "stopped at step 10, no batch trained twice")

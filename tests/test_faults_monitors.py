@@ -14,7 +14,7 @@ from ganscale.config import load_config
 from ganscale.outputs.tracking import read_metrics
 from ganscale.runtime import build_runtime
 from ganscale.train.monitors import HealthMonitor, sample_diversity
-from ganscale.train.trainer import Trainer
+from ganscale.train.trainer import Trainer, plan_for
 
 pytestmark = pytest.mark.faults
 
@@ -53,7 +53,7 @@ def test_diversity_drop_warns():
 def _trainer(tmp_path, cache, *overrides):
     cfg = load_config(TINY, [f"data.cache_dir={cache}", "log.tracker=tensorboard", *overrides])
     rt = build_runtime(cfg)
-    return Trainer(cfg, tmp_path / "run", rt), tmp_path / "run"
+    return Trainer(plan_for(cfg, rt), tmp_path / "run", rt), tmp_path / "run"
 
 
 def _train(trainer):

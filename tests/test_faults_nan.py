@@ -20,7 +20,7 @@ from ganscale.errors import GanscaleError
 from ganscale.outputs.tracking import read_metrics
 from ganscale.runtime import build_runtime
 from ganscale.train.checkpoint import latest_checkpoint, read_state
-from ganscale.train.trainer import NonFiniteLoss, Trainer
+from ganscale.train.trainer import NonFiniteLoss, Trainer, plan_for
 
 pytestmark = pytest.mark.faults
 
@@ -37,7 +37,7 @@ def _trainer(tmp_path, cache, *overrides):
     rt = build_runtime(cfg)
     run = tmp_path / "run"
     run.mkdir(parents=True, exist_ok=True)
-    return Trainer(cfg, run, rt), run
+    return Trainer(plan_for(cfg, rt), run, rt), run
 
 
 def _inject(trainer, where: str, value: float, once: bool = True, limit: int = 20):
@@ -188,18 +188,33 @@ def test_a_skipped_step_logs_a_row_with_every_key(tmp_path, corpus_cache):
 
 
 def test_check_every_reads_the_flags_only_at_check_steps(tmp_path, corpus_cache):
-    """faults.check_every=3: the NaN flags (and with them the data-end flag) are read and agreed
-    at steps 3 and 6 only, once per phase; between them the guard never reads the device."""
+    """faults.check_every=3: the NaN flags, the data's end and the stop signal are read and
+    agreed once before the first step and after steps 3, 6 and the last (7): one decision per
+    window, none in between."""
     trainer, run = _trainer(
-        tmp_path, corpus_cache, "faults.check_every=3", "train.max_steps=6", "checkpoint.every=3"
+        tmp_path, corpus_cache, "faults.check_every=3", "train.max_steps=7", "checkpoint.every=3"
     )
     reads = []
-    agree = trainer.guard._agree
+    decide = trainer.faults.decide
 
-    def spy(step):
-        reads.append(step + 1)
-        return agree(step)
+    def spy(step, have, stop):
+        reads.append(step)
+        return decide(step, have, stop)
 
-    trainer.guard._agree = spy
+    trainer.faults.decide = spy
     result, _ = _run(trainer)
-    assert result.step == 6 and reads == [3, 3, 6, 6]
+    assert result.step == 7 and reads == [0, 3, 6, 7]
+
+
+def test_a_nan_between_checks_is_caught_at_the_window_end(tmp_path, corpus_cache):
+    """faults.check_every=3, nan_policy=stop: a NaN at step 5 is reported for steps 4-6, and
+    the checkpoint of step 6 is never written (no checkpoint holds an unchecked step)."""
+    trainer, run = _trainer(
+        tmp_path, corpus_cache, "faults.check_every=3", "faults.nan_policy=stop", "checkpoint.every=3"
+    )
+    _inject(trainer, "g", math.nan)
+    with pytest.raises(NonFiniteLoss, match="steps 4-6") as e:
+        _run(trainer)
+    assert "\n" not in str(e.value)
+    assert [ev["step"] for ev in _events(run, "non_finite")] == [6]
+    assert verify_run(run) == [3]

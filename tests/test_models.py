@@ -18,6 +18,7 @@ from ganscale.models.layers import ConditionalBatchNorm2d
 from ganscale.models.spectral import bake_spectral_norm, spectral_weights
 from ganscale.outputs.export import export_generator, generator_meta, load_generator
 from ganscale.train.ema import EMA
+from ganscale.train.plan import d_norm_of
 
 CLASSES = [3, 2]  # small stand-in for the study's [12 hair, 10 eye] classes
 HEADS = ["shared", "separate", "classifier", "projection"]
@@ -274,8 +275,9 @@ def _sigma(w: torch.Tensor) -> float:
 @pytest.mark.parametrize("head", ["separate", "projection"])
 def test_spectral_norm_keeps_d_layers_at_one(arch: str, head: str) -> None:
     cfg = variant_cfg(arch, "d", head=head)
-    assert cfg.d_norm == "none"  # auto resolves to no BatchNorm in an SN-GAN D
-    _, D = build(cfg, norm=cfg.d_norm)
+    norm = d_norm_of(Config(model=cfg))
+    assert norm == "none"  # auto resolves to no BatchNorm in an SN-GAN D
+    _, D = build(cfg, norm=norm)
     D = D.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(D.parameters(), lr=2e-3, betas=(0.0, 0.9))
     g = torch.Generator().manual_seed(2)
@@ -299,10 +301,12 @@ def test_spectral_norm_keeps_d_layers_at_one(arch: str, head: str) -> None:
 
 
 def test_spectral_norm_d_norm_choices() -> None:
-    assert variant_cfg("dcgan", "both").d_norm == "none"
+    both = variant_cfg("dcgan", "both")
+    assert both.d_norm == "auto" and d_norm_of(Config(model=both)) == "none"  # resolved, not rewritten
     kept = dataclasses.replace(tiny_cfg("dcgan"), d_norm="batch", spectral_norm="d")
-    assert kept.d_norm == "batch"
+    assert d_norm_of(Config(model=kept)) == "batch"
     assert ModelConfig().d_norm == "auto" and ModelConfig().spectral_norm == "none"
+    assert d_norm_of(Config()) == "batch"
 
 
 @pytest.mark.parametrize("arch", ["dcgan", "resnet"])

@@ -11,11 +11,10 @@ import pytest
 import torch
 
 from ganscale.errors import GanscaleError
-from ganscale.train.noise import (
+from ganscale.seeding import (
     FIELDS,
     MASK64,
     NoisePhase,
-    NoiseSource,
     check_plan,
     field_limit,
     mix64,
@@ -23,6 +22,7 @@ from ganscale.train.noise import (
     stream_id,
     unpack_counter,
 )
+from ganscale.train.noise import NoiseSource
 
 # What training really reaches (and the issue asks the scheme to cover)
 REALISTIC = {"step": 10**7, "rank": 4096, "micro": 64, "critic": 10, "phase": len(NoisePhase)}
@@ -103,7 +103,7 @@ def test_the_old_collision_is_gone():
     t = 40
     assert old(0, 0, t, 1000 + 1) == old(0, 0, t + 125, 1 + 0)  # the bug, as it was
     assert stream_id(0, 0, t, NoisePhase.G, 0, 1) != stream_id(0, 0, t + 125, NoisePhase.D, 0, 0)
-    src = NoiseSource(0, 0, 16, 1.0, [3, 4], grad_accum=2, device=torch.device("cpu"))
+    src = NoiseSource(0, 0, 16, 1.0, [3, 4], device=torch.device("cpu"))
     g = src.draw(t, 8, "g", micro=1)
     d = src.draw(t + 125, 8, "d", micro=0)
     assert not torch.equal(g[0], d[0])

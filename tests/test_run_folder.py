@@ -6,17 +6,20 @@ rows past the resumed step are dropped: every step is logged once."""
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import shutil
 import time
 
 import pytest
+import webdataset as wds
 from faultlib import TINY, one_line_error, record, run_cli
+from PIL import Image
 
 from ganscale.config import load_config
 from ganscale.outputs.tracking import read_metrics
 from ganscale.train.checkpoint import list_checkpoints
-from ganscale.train.run_folder import RunFolderError, RunMetrics, metric_rows
+from ganscale.train.run_folder import RunFolderError, RunMetrics, metric_rows, shape_changes
 from ganscale.train.trainer import train
 
 
@@ -100,6 +103,67 @@ def test_resume_into_other_model_shapes_is_refused_naming_the_keys(R, corpus_cac
         f"the checkpoint's (model.z_dim 16 -> 8; model.g_channels 8 -> 16); resume with the "
         f"checkpoint's model settings, or start a new run with --overwrite or a new --out"
     )
+
+
+@pytest.fixture(scope="module")
+def unlabelled(tmp_path_factory):
+    """One shard of 16 px images without labels (no json, no dataset.json)."""
+    out = tmp_path_factory.mktemp("unlabelled")
+    with wds.TarWriter(str(out / "plain-000000.tar")) as w:
+        for i in range(16):
+            buf = io.BytesIO()
+            Image.new("RGB", (16, 16), (i * 15, 0, 0)).save(buf, format="PNG")
+            w.write({"__key__": f"x{i:03d}", "png": buf.getvalue()})
+    return out
+
+
+# Refusals that once came after --overwrite had removed the run (inside Trainer.__init__): each
+# now comes from the plan (train/plan.py), before the run folder is touched.
+PLAN_REFUSALS = {
+    "conditional on unlabelled shards": (
+        ["model.conditional=true", "data.source=shards", "data.path={unlabelled}"],
+        "model.conditional is true but the corpus has no attributes",
+    ),
+    "shared_fake with global_batch": (
+        ["train.shared_fake=true", "train.global_batch=16"],
+        "train.shared_fake: true, but this run accumulates 2 micro-batches",
+    ),
+    "global_batch not divisible": (["train.global_batch=12"], "train.global_batch: 12 is not divisible"),
+    "acc metric, unconditional": (
+        ["model.conditional=false", "eval.every=3", "eval.metric=acc_joint"],
+        "eval.metric=acc_joint needs a conditional generator",
+    ),
+    "inception metric, no weights": (
+        ["eval.every=3", "eval.metric=fid_inception"],
+        "eval.metric=fid_inception needs Inception weights",
+    ),
+    "in-memory corpus too large": (
+        ["data.in_memory=true", "data.in_memory_max_gb=0.000001"],
+        "data.in_memory: rank 0 would hold",
+    ),
+}
+
+
+@pytest.mark.parametrize("drill", list(PLAN_REFUSALS))
+def test_a_refusal_of_the_plan_leaves_the_run_to_overwrite_unchanged(R, corpus_cache, unlabelled, drill):
+    sets, message = PLAN_REFUSALS[drill]
+    args = [a for s in sets for a in ("--set", s.format(unlabelled=unlabelled))]
+    line = _refused(R, corpus_cache, f"--overwrite refused by the plan: {drill}", *args, "--overwrite")
+    assert message in line, line
+
+
+def test_a_checkpoint_whose_config_cannot_be_read_refuses_the_resume(R, corpus_cache):
+    """The shape check is never skipped silently: an unreadable saved config is one line."""
+    ckpt6 = R / "checkpoints" / "step-0000006"
+    (ckpt6 / "config.yaml").write_text((ckpt6 / "config.yaml").read_text() + "\nmodle: {}\n")
+    line = _refused(R, corpus_cache, "resume with an unreadable checkpoint config", "--resume")
+    assert line.startswith(f"error: --resume {ckpt6}: cannot read the checkpoint's config.yaml/")
+    assert "unknown config key modle" in line
+    (ckpt6 / "config.yaml").write_text("model: {}\n")  # readable again; generator.json broken
+    (ckpt6 / "generator.json").write_text("{")
+    with pytest.raises(RunFolderError, match="cannot read the checkpoint") as e:
+        shape_changes(load_config(TINY), ckpt6)
+    assert "\n" not in str(e.value)
 
 
 def test_resume_and_overwrite_together_are_refused(R, corpus_cache):

@@ -20,7 +20,8 @@ from ganscale.outputs.tracking import read_metrics
 from ganscale.runtime import build_runtime
 from ganscale.runtime.base import Runtime
 from ganscale.train import losses
-from ganscale.train.trainer import Trainer, train
+from ganscale.train.plan import shares_fake
+from ganscale.train.trainer import Trainer, plan_for, train
 
 TINY = REPO / "configs/tiny.yaml"
 
@@ -182,7 +183,7 @@ def test_lecam_and_lazy_penalty_terms_appear_exactly_where_they_should(tmp_path,
 def _first_steps(corpus_cache, run_dir, steps: int, *sets: str):
     cfg = _cfg(corpus_cache, "train.mixed_precision=no", *sets)
     rt = build_runtime(cfg)
-    trainer = Trainer(cfg, run_dir, rt)
+    trainer = Trainer(plan_for(cfg, rt), run_dir, rt)
     try:
         records = [trainer.step() for _ in range(steps)]
         weights = {k: v.clone() for k, v in rt.module("d").state_dict().items()}
@@ -236,7 +237,7 @@ def test_shared_fake_equals_a_second_forward_of_the_same_z(corpus_cache, tmp_pat
 def _trained_g(corpus_cache, run_dir, steps: int, *sets: str) -> dict[str, torch.Tensor]:
     cfg = _cfg(corpus_cache, "train.mixed_precision=no", "train.channels_last=false", *sets)
     rt = build_runtime(cfg)
-    trainer = Trainer(cfg, run_dir, rt)
+    trainer = Trainer(plan_for(cfg, rt), run_dir, rt)
     try:
         for _ in range(steps):
             trainer.step()
@@ -256,15 +257,15 @@ def test_shared_fake_true_is_refused_where_the_algorithm_needs_fresh_fakes(extra
         load_config(TINY, ["train.shared_fake=true", *extra])
     assert "\n" not in str(e.value)
     auto = load_config(TINY, ["train.shared_fake=auto", *extra])
-    assert auto.shares_fake(auto.grad_accum_for(1)) is False
-    assert load_config(TINY, ["train.shared_fake=auto"]).shares_fake(1) is True
-    assert load_config(TINY).shares_fake(1) is False  # off by default
+    assert shares_fake(auto, auto.grad_accum_for(1)) is False
+    assert shares_fake(load_config(TINY, ["train.shared_fake=auto"]), 1) is True
+    assert shares_fake(load_config(TINY), 1) is False  # off by default
 
 
 def test_shared_fake_true_with_derived_accumulation_is_refused():
     cfg = load_config(TINY, ["train.shared_fake=true", "train.global_batch=16"])
     with pytest.raises(GanscaleError, match="train.shared_fake"):
-        cfg.shares_fake(cfg.grad_accum_for(1))
+        shares_fake(cfg, cfg.grad_accum_for(1))
 
 
 def test_shared_fake_skip_redraws_a_fresh_fake_for_g(tmp_path, corpus_cache):
@@ -272,7 +273,7 @@ def test_shared_fake_skip_redraws_a_fresh_fake_for_g(tmp_path, corpus_cache):
     (it draws a fresh fake instead of the shared NaN one), as in the fresh-fake step."""
     cfg = _cfg(corpus_cache, "train.shared_fake=true", "faults.nan_policy=skip", "train.max_steps=4")
     rt = build_runtime(cfg)
-    trainer = Trainer(cfg, tmp_path / "run", rt)
+    trainer = Trainer(plan_for(cfg, rt), tmp_path / "run", rt)
     fired = []
 
     def hook(module, args, out):

@@ -12,21 +12,20 @@ seed, epoch, shard name and key; see :mod:`ganscale.augment.geometric`). On the 
 ``data.augment_on: loader`` keeps the old CPU path (PIL in the loader workers); the stream
 then sends no parameters and step 2 is skipped.
 
-How later stages plug in (DiffAugment, ADA: ``diffaugment.py``, ``ada.py`` here):
+The other stage, on *every input of D* (reals and fakes, in the D and the G phase,
+differentiably), is :class:`ganscale.augment.ada.Augmenter` (``augment.kind``: diffaugment or
+ada; :class:`~ganscale.augment.ada.NoAugment` for none), built by
+:func:`~ganscale.augment.ada.build_augmenter` with the plan's resolved policy. The training step
+calls ``aug.start_step(step)``, then ``aug(x)`` on each batch D sees,
+``aug.discriminator(D, plain)`` for the gradient penalties, ``aug.observe_real(logits)`` on the
+real logits, and ``aug.end_step(step)`` (ADA's adjustment of p).
 
-- They augment *every input of D* (reals and fakes, in the D and the G phase, differentiably),
-  so they are not part of :class:`RealBatchAugment`, which runs once per real batch in
-  ``Trainer.next_batch``. Give them the signature ``stage(x, generator) -> x`` (float
-  [B, C, H, W] on the device, differentiable) and call them on D's inputs in the two phases.
-- Their randomness must be derived, not carried, like the noise: a ``torch.Generator`` on the
-  device seeded from (seed, rank, step, phase, micro-batch) (see
-  :func:`ganscale.train.noise.step_generator`), so a resumed run draws the same transforms.
-- ADA's adaptive probability ``p`` is state: it goes into the checkpoint (TrainState), and its
-  update from ``sign(D(real))`` must be averaged over ranks (one all-reduce) so every rank
-  keeps the same ``p``.
-- ADA's geometric group (flips, 90-degree rotations, translation, scaling, rotation) is a
-  per-sample 2x3 matrix too: on the reals it can be composed with
-  :func:`~ganscale.augment.geometric.affine_theta` so that reals are resampled once, not twice.
+- Its randomness is derived, not carried: one ``torch.Generator`` per step on the device,
+  seeded from (seed, rank, step, :attr:`~ganscale.seeding.NoisePhase.AUGMENT`)
+  (:func:`ganscale.seeding.step_generator`), so a resumed run draws the same transforms.
+- ADA's ``p`` and its r_t statistics are per-rank state saved in every checkpoint
+  (``state.json["per_rank"]["augment"]``); r_t is averaged over ranks (one all-reduce every
+  ``augment.ada_interval`` steps), so every rank keeps the same ``p``.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from ganscale.augment.diffaugment import augment, parse_policy
 from ganscale.config.sections import AugmentConfig
-from ganscale.train.noise import NoisePhase, step_generator
+from ganscale.seeding import NoisePhase, step_generator
 
 if TYPE_CHECKING:
     from ganscale.config import Config
@@ -146,8 +146,12 @@ class Augmenter(NoAugment):
         images_per_step: int,
         device: torch.device,
         all_reduce_mean: Callable[[Tensor], Tensor],
+        policy: tuple[str, ...] | None = None,
     ) -> None:
-        self.cfg, self.policy, self._make_generator = cfg, parse_policy(cfg.policy), generator
+        """``policy``: the resolved transforms (:attr:`ganscale.train.plan.Plan.augment_policy`);
+        None reads an explicit ``cfg.policy``."""
+        self.cfg, self._make_generator = cfg, generator
+        self.policy = policy if policy is not None else parse_policy(cfg.policy)
         self.ada = (
             AdaController(
                 cfg.ada_target, cfg.ada_interval, cfg.ada_kimg, images_per_step, device, all_reduce_mean
@@ -189,16 +193,17 @@ class Augmenter(NoAugment):
             self.ada.load_state_dict(state["ada"])
 
 
-def build_augmenter(cfg: Config, rt: Runtime) -> NoAugment:
-    """The stage for ``cfg.augment.kind`` on this rank (a :class:`NoAugment` for none); its
-    generator of step ``t`` is the noise scheme's (seed, rank, t, NoisePhase.AUGMENT)."""
+def build_augmenter(cfg: Config, rt: Runtime, policy: tuple[str, ...], images_per_step: int) -> NoAugment:
+    """The stage for ``cfg.augment.kind`` on this rank (a :class:`NoAugment` for none) with the
+    run's resolved ``policy``; its generator of step ``t`` is the noise scheme's (seed, rank, t,
+    NoisePhase.AUGMENT)."""
     if cfg.augment.kind == "none":
         return NoAugment()
-    if cfg.model.conditional and "color" in parse_policy(cfg.augment.policy) and rt.is_main:
+    if cfg.model.conditional and "color" in policy and rt.is_main:
         # a warning, not a refusal: a corpus's attributes need not be colours (then color helps)
         warnings.warn(COLOR_WARNING, stacklevel=2)
 
     def generator(step: int) -> torch.Generator:
         return step_generator(cfg.seed, rt.rank, step, NoisePhase.AUGMENT, rt.device)
 
-    return Augmenter(cfg.augment, generator, rt.plan.images_per_step, rt.device, rt.all_reduce_mean)
+    return Augmenter(cfg.augment, generator, images_per_step, rt.device, rt.all_reduce_mean, policy)

@@ -18,7 +18,7 @@ probability p, and a sample that skips it is left exactly as it was (no shift, n
 values). ``p=None`` applies everything (DiffAugment). See :mod:`ganscale.augment.ada`.
 
 Every random number comes from the ``torch.Generator`` passed in (the trainer derives one per
-step from (seed, rank, step), :mod:`ganscale.train.noise`), never from the global RNG, and is
+step from (seed, rank, step), :mod:`ganscale.seeding`), never from the global RNG, and is
 drawn in float32 whatever the image dtype: a resumed run draws the same parameters, and bf16
 autocast draws what fp32 draws.
 """

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from ganscale.config import Config
 from ganscale.models import build_discriminator, build_generator
+from ganscale.train.plan import d_norm_of
 
 
 class PlainLoop:
@@ -48,7 +49,7 @@ class PlainLoop:
         self.channels_last = channels_last
         torch.manual_seed(cfg.seed)
         self.G = build_generator(cfg.model, self.num_classes).to(device)
-        self.D = build_discriminator(cfg.model, self.num_classes, norm=cfg.d_norm).to(device)
+        self.D = build_discriminator(cfg.model, self.num_classes, norm=d_norm_of(cfg)).to(device)
         if channels_last:
             self.G.to(memory_format=torch.channels_last)
             self.D.to(memory_format=torch.channels_last)

@@ -90,7 +90,7 @@ class Bench:
         from ganscale.data.loader import build_loader
         from ganscale.outputs.tracking import MetricsFile, NullTracker
         from ganscale.runtime import build_runtime
-        from ganscale.train.trainer import Trainer
+        from ganscale.train.trainer import Trainer, plan_for
 
         cfg = copy.deepcopy(cfg)
         if opts.data == DataKind.synthetic and cfg.data.source == "synthetic":
@@ -118,7 +118,7 @@ class Bench:
         else:
             self.data_label = f"loader ({cfg.data.source}, {cfg.data.num_workers} workers)"
         self.trainer = Trainer(
-            cfg,
+            plan_for(cfg, rt, data),
             Path(self._tmp.name),
             rt,
             data=data,

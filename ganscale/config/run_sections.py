@@ -81,11 +81,6 @@ class DataConfig:
         check(self.num_workers >= 0, "data.num_workers", "must be >= 0")
         check(self.shuffle_buffer >= 0, "data.shuffle_buffer", "must be >= 0")
         check(0 <= self.rotate_degrees <= 180, "data.rotate_degrees", "must be in [0, 180]")
-        check(
-            self.augment_on in ("device", "loader"),
-            "data.augment_on",
-            f"{self.augment_on!r}: use device (warp on the training device) or loader (PIL)",
-        )
         gb = self.in_memory_max_gb
         check(math.isfinite(gb) and gb > 0, "data.in_memory_max_gb", f"must be > 0 GB (e.g. 8), got {gb!r}")
         r, b, t = self.retry_s, self.retry_backoff_s, self.timeout_s
@@ -256,7 +251,3 @@ class EvalConfig:
             )
         if self.n < 8:
             raise ConfigError(f"config key eval.n: must be >= 8, got {self.n}")
-        if self.metric not in METRIC_DIRECTIONS:
-            raise ConfigError(
-                f"config key eval.metric: {self.metric!r} is not one of {', '.join(METRIC_DIRECTIONS)}"
-            )

@@ -1,4 +1,8 @@
-"""The root :class:`Config`: the sections of a run, the checks across them, derived values."""
+"""The root :class:`Config`: the sections of a run and the checks across them.
+
+A plain validated config: nothing here rewrites a value. What a run derives from it (the
+batch plan, D's normalisation, the augmentation policy, the corpus) is worked out once by
+:func:`ganscale.train.plan.resolve`."""
 
 from __future__ import annotations
 
@@ -49,13 +53,6 @@ class Config:
                 f"config key faults.check_every: checkpoint.every ({self.checkpoint.every}) must be a "
                 f"multiple of it ({every}), so no checkpoint holds an unchecked step"
             )
-        self._resolve_augment_policy()
-
-    def _resolve_augment_policy(self) -> None:
-        """augment.policy auto -> the explicit list (saved so), without color when conditional."""
-        aug = self.augment
-        if aug.kind != "none" and aug.policy == "auto":
-            aug.policy = "translation,cutout" if self.model.conditional else "translation,cutout,color"
 
     def grad_accum_for(self, world_size: int) -> int:
         """Micro-steps per optimizer step on ``world_size`` processes (train.global_batch wins)."""
@@ -69,23 +66,6 @@ class Config:
                 f"processes = {tc.batch_size} x {world_size}; pick a multiple of {per_step}"
             )
         return tc.global_batch // per_step
-
-    def shares_fake(self, grad_accum: int) -> bool:
-        """train.shared_fake resolved for a run of ``grad_accum`` micro-steps (auto: where allowed)."""
-        mode, allowed = self.train.shared_fake, self.train.n_critic == 1 and grad_accum == 1
-        if mode is True and not allowed:
-            raise ConfigError(
-                f"config key train.shared_fake: true, but this run accumulates {grad_accum} micro-batches "
-                f"(train.global_batch); use --set train.shared_fake=auto"
-            )
-        return allowed if mode == "auto" else bool(mode)
-
-    @property
-    def d_norm(self) -> str:
-        """The resolved D normalisation (auto -> none for WGAN-GP, else batch)."""
-        if self.model.d_norm != "auto":
-            return self.model.d_norm
-        return "none" if self.loss.penalty == "gp" else "batch"
 
     def to_dict(self) -> dict[str, Any]:
         """The config as plain nested dicts (what save_config writes and the tracker logs)."""

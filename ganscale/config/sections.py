@@ -55,7 +55,7 @@ class ModelConfig:
     """Spectral normalisation (Miyato et al. 2018) of every conv, linear and embedding weight:
     none; d: of D (SN-GAN); both: of D and G (SAGAN, BigGAN). SN-GAN's D has no BatchNorm (a BN
     after a normalised layer rescales it and undoes the Lipschitz bound), so with spectral norm
-    on D, d_norm auto resolves to none here; set d_norm: batch to keep BN in D anyway. G keeps its
+    on D, d_norm auto resolves to none (train/plan.py); set d_norm: batch to keep BN in D anyway. G keeps its
     BatchNorm. Exports hold the raw weights plus power-iteration vectors (models/spectral.py)."""
     g_condition: Literal["concat", "cbn"] = "concat"
     """How G takes the labels: concat: one-hot labels concatenated to z (the study's ACGAN);
@@ -77,8 +77,6 @@ class ModelConfig:
             "model.g_condition",
             "cbn needs model.conditional: true (an unconditional G has no labels); use concat",
         )
-        if self.d_norm == "auto" and self.spectral_norm != "none":
-            self.d_norm = "none"  # resolved here so Config.d_norm and the saved config agree
 
 
 @dataclass

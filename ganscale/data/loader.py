@@ -362,12 +362,15 @@ def build_loader(
     rank: int,
     world_size: int,
     output: str = "float",
+    info: CorpusInfo | None = None,
 ) -> ShardStream:
-    """The stream for this rank. Checks the source now (missing shard, pipe:, backend); with
-    ``data.in_memory`` checks the size and decodes the rank's shards now."""
-    corpus = resolve_corpus(cfg, image_size, progress=rank == 0)
+    """The stream for this rank. Checks the source now (missing shard, pipe:, backend), unless
+    ``info`` gives the corpus already resolved (:func:`ganscale.data.resolve.resolve_corpus`,
+    in this process); with ``data.in_memory`` checks the size and decodes the rank's shards now."""
+    if info is None:
+        info = resolve_corpus(cfg, image_size, progress=rank == 0).info
     return ShardStream(
-        corpus.info,
+        info,
         batch_size=batch_size,
         image_size=image_size,
         seed=seed,

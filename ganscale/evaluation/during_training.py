@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ganscale.config import METRIC_DIRECTIONS
 from ganscale.errors import GanscaleError
 from ganscale.evaluation.classifier import accuracy, ensure_classifier
-from ganscale.evaluation.config import METRIC_DIRECTIONS
 from ganscale.evaluation.diversity import structure_embedding
 from ganscale.evaluation.features import load_inception
 from ganscale.evaluation.scoring import draw_conditions, real_reference, score, uniform_conditions
@@ -204,6 +204,10 @@ class EvalContext:
     run_dir: Path
     metrics: MetricsFile
     tracker: Tracker
+    every: int = 0
+    """Steps between evaluations (0 = off): the plan's ``eval_every``."""
+    corpus: Path | None = None
+    """The corpus folder of the classifier and the real statistics (the plan's ``eval_corpus``)."""
     inception_env: str | None = None
     """The Inception weights variable's value (:func:`ganscale.runtime.env.inception_weights`)."""
     cache_dir: str | None = None
@@ -217,32 +221,36 @@ class TrainingEvalHook:
     It evaluates the EMA generator every ``eval.every`` steps (and at the last step), writes the
     metrics to ``metrics.jsonl`` and the tracker, and with ``eval.keep_best`` exports the best
     generator so far to ``RUN/best/`` (plus ``RUN/best/best.json``: step, metric, value).
-    ``state_dict``/``load_state_dict`` carry the best value across a resume.
+    ``state_dict``/``load_state_dict`` carry the best value across a resume. The evaluator (its
+    classifier, trained once per corpus, and Inception) is built at the first evaluation, not
+    when the trainer is built.
     """
 
-    def __init__(self, ctx: EvalContext, every: int) -> None:
-        from ganscale.data.resolve import corpus_folder
-
-        cfg, rt = ctx.cfg, ctx.rt
-        self.ctx, self.every, self.cfg = ctx, every, cfg.eval
-        folder = corpus_folder(cfg.data, cfg.model.image_size)
-        self.evaluator = TrainingEvaluator(
-            cfg,
-            ctx.attributes,
-            folder,
-            rt.device,
-            rt.rank,
-            rt.world_size,
-            inception_env=ctx.inception_env,
-            cache_dir=ctx.cache_dir,
-        )
+    def __init__(self, ctx: EvalContext) -> None:
+        self.ctx, self.every, self.cfg = ctx, ctx.every, ctx.cfg.eval
+        self._evaluator: TrainingEvaluator | None = None
+        self._state: dict[str, Any] = {"metric": self.cfg.metric, "best": None, "best_step": None}
 
     @classmethod
     def build(cls, ctx: EvalContext) -> TrainingEvalHook | None:
-        from ganscale.evaluation.config import eval_interval
+        return cls(ctx) if ctx.every > 0 and ctx.corpus is not None else None
 
-        every = eval_interval(ctx.cfg)
-        return cls(ctx, every) if every > 0 else None
+    @property
+    def evaluator(self) -> TrainingEvaluator:
+        if self._evaluator is None:
+            c = self.ctx
+            self._evaluator = TrainingEvaluator(
+                c.cfg,
+                c.attributes,
+                c.corpus,
+                c.rt.device,
+                c.rt.rank,
+                c.rt.world_size,
+                inception_env=c.inception_env,
+                cache_dir=c.cache_dir,
+            )
+            self._evaluator.load_state_dict(self._state)
+        return self._evaluator
 
     def after_step(self, step: int, final: bool = False) -> dict[str, float] | None:
         if step % self.every and not final:
@@ -274,7 +282,11 @@ class TrainingEvalHook:
         return best
 
     def state_dict(self) -> dict[str, Any]:
-        return self.evaluator.state_dict()
+        return self._state if self._evaluator is None else self._evaluator.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.evaluator.load_state_dict(state)
+        if self._evaluator is None:
+            if state.get("metric") == self.cfg.metric:  # as TrainingEvaluator.load_state_dict
+                self._state = dict(state)
+        else:
+            self._evaluator.load_state_dict(state)

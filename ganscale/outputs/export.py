@@ -80,7 +80,7 @@ def find_export(path: Path) -> tuple[Path, Path]:
     ):
         if weights.is_file():
             return weights, meta
-    from ganscale.train.checkpoint import latest_checkpoint
+    from ganscale.run_layout import latest_checkpoint
 
     ref = latest_checkpoint(path)
     if ref is not None:

@@ -29,8 +29,8 @@ from typing import Any, Literal
 
 from ganscale.config import load_config
 from ganscale.errors import GanscaleError
+from ganscale.run_layout import latest_checkpoint, read_state
 from ganscale.sweep.spec import Cell, SweepSpec
-from ganscale.train.checkpoint import latest_checkpoint, read_state
 
 CELL_FILE = "sweep-cell.json"
 STOP_GRACE_S = 120.0

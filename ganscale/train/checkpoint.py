@@ -17,50 +17,46 @@ from __future__ import annotations
 import errno
 import json
 import os
-import re
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ganscale.errors import GanscaleError
+from ganscale.run_layout import (  # the folder's names live beneath: re-exported for the trainer
+    FORMAT_VERSION,
+    CheckpointRef,
+    checkpoint_dir,
+    latest_checkpoint,
+    list_checkpoints,
+    read_state,
+    version_message,
+)
 
-FORMAT_VERSION = 2
-"""Version 2: the noise streams of :mod:`ganscale.train.noise` (packed counters). A version-1
-checkpoint would resume with other noise than it was trained with, so it is refused."""
-_STEP_RE = re.compile(r"^step-(\d{7,})$")
+__all__ = [
+    "FORMAT_VERSION",
+    "WRITE_ERRORS",
+    "CheckpointRef",
+    "CheckpointWriteError",
+    "abort",
+    "begin",
+    "checkpoint_dir",
+    "commit",
+    "disk_error",
+    "final_dir",
+    "latest_checkpoint",
+    "list_checkpoints",
+    "prune",
+    "read_state",
+    "remove_after",
+    "resolve_resume",
+    "staging_dir",
+    "version_message",
+    "write_json",
+]
 
 
 class CheckpointWriteError(GanscaleError):
     """Saving a checkpoint failed (e.g. disk full); the previous checkpoint is intact."""
-
-
-@dataclass
-class CheckpointRef:
-    path: Path
-    step: int
-
-
-def checkpoint_dir(run_dir: Path) -> Path:
-    return run_dir / "checkpoints"
-
-
-def list_checkpoints(run_dir: Path) -> list[CheckpointRef]:
-    """Complete checkpoints of a run, oldest first."""
-    root = checkpoint_dir(run_dir)
-    if not root.is_dir():
-        return []
-    refs = []
-    for p in root.iterdir():
-        m = _STEP_RE.match(p.name)
-        if m and p.is_dir() and (p / "state.json").is_file():
-            refs.append(CheckpointRef(p, int(m.group(1))))
-    return sorted(refs, key=lambda r: r.step)
-
-
-def latest_checkpoint(run_dir: Path) -> CheckpointRef | None:
-    refs = list_checkpoints(run_dir)
-    return refs[-1] if refs else None
 
 
 def resolve_resume(run_dir: Path, resume: str | None) -> Path | None:
@@ -153,38 +149,6 @@ def _remove(folder: Path) -> None:
     except OSError:
         trash = folder
     shutil.rmtree(trash, ignore_errors=True)
-
-
-def read_state(folder: Path) -> dict[str, Any]:
-    try:
-        state = json.loads((folder / "state.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise GanscaleError(
-            f"checkpoint {folder}: unreadable state.json ({e}); resume from an earlier checkpoint"
-        ) from None
-    version = state.get("format_version") if isinstance(state, dict) else None
-    if version != FORMAT_VERSION:
-        raise GanscaleError(version_message(folder, version))
-    return state
-
-
-def version_message(folder: Path, version: Any) -> str:
-    """Why a checkpoint of another format version is refused, and what to do (one line)."""
-    if isinstance(version, int) and not isinstance(version, bool) and 0 < version < FORMAT_VERSION:
-        return (
-            f"checkpoint {folder}: format version {version} was written by an older ganscale whose "
-            f"noise streams differ (this one reads version {FORMAT_VERSION}); resume it with the "
-            f"ganscale that wrote it, or start fresh with --overwrite or a new --out"
-        )
-    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
-        return (
-            f"checkpoint {folder}: format version {version} is newer than this ganscale reads "
-            f"({FORMAT_VERSION}); upgrade ganscale to resume it"
-        )
-    return (
-        f"checkpoint {folder}: format version {version!r} is not one ganscale wrote (this one "
-        f"reads {FORMAT_VERSION}); resume from another checkpoint"
-    )
 
 
 def _write_errors() -> tuple[type[BaseException], ...]:

@@ -1,11 +1,19 @@
 """What the trainer does when something goes wrong: a non-finite loss (stop, skip or roll
 back, per ``faults.nan_policy``), a stop signal (checkpoint, then exit), the end of the data.
 
-Every decision that changes what the loop does next is taken by all ranks together: each rank
-contributes its local flags to one small all-reduce at the decision point (none on one
-process), and every rank acts on the same sum. A NaN on one rank therefore makes every rank
-skip, roll back or stop at the same step, instead of one rank skipping an optimizer step (and
-its collectives) while the others wait in theirs.
+One decision per check: after every ``faults.check_every`` steps (and after the last),
+:meth:`Faults.decide` sums three flags of every rank in one small all-reduce (one host read on
+one process): a non-finite loss since the last check, this rank's data short of the next
+check window's batches, a stop signal. Every rank gets the same :class:`Decision` (continue,
+skip, roll back or stop) and :meth:`ganscale.train.trainer.Trainer.run` acts on it. A NaN on
+one rank therefore makes every rank roll back or stop at the same step, and the data's end
+stops every rank before a step some rank has no batch for.
+
+:class:`DataWatch` reads one check window of batches ahead (at the decision), so no rank ever
+trains on a repeated batch when its data ends: the window is there, or every rank stops.
+
+``faults.nan_policy: skip`` must see a NaN before the update it drops, so under skip each
+update asks first (:meth:`Faults.update_ok`, agreed across ranks; check_every is 1 there).
 """
 
 from __future__ import annotations
@@ -13,20 +21,24 @@ from __future__ import annotations
 import contextlib
 import signal
 import warnings
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
 from ganscale.config import FaultConfig
 from ganscale.errors import GanscaleError
-from ganscale.outputs.tracking import MetricsFile, Tracker
 from ganscale.runtime import Runtime, finite
 
 if TYPE_CHECKING:
-    from ganscale.train.state import Checkpointer, TrainState
+    from ganscale.run_layout import CheckpointRef
+    from ganscale.train.reporting import RunLog
+    from ganscale.train.state import TrainState
 
-SIGNAL_CHECK_EVERY = 5  # steps between all-rank checks for a stop signal (faults.check_every when > 1)
 T = TypeVar("T")
 
 
@@ -36,10 +48,6 @@ class NonFiniteLoss(GanscaleError):
 
 class DataEnded(GanscaleError):
     """A rank's data stream ended or failed; every rank stops at the same step."""
-
-
-class Rollback(Exception):
-    """Raised by :meth:`NanGuard.check` under faults.nan_policy=rollback; the loop reloads."""
 
 
 def agree(rt: Runtime, decide: Callable[[], T]) -> T:
@@ -88,7 +96,7 @@ def which_ranks(rt: Runtime, count: int, rank_sum: int) -> str:
 
 
 class StopSignal:
-    """SIGTERM/SIGUSR1 set a flag; the loop checkpoints and exits at the next check."""
+    """SIGTERM/SIGUSR1 set a flag; the next decision checkpoints and stops every rank."""
 
     def __init__(self) -> None:
         self.received: int | None = None
@@ -107,68 +115,67 @@ class StopSignal:
         for sig, old in self._old.items():
             signal.signal(sig, old)
 
-    def agreed(self, rt: Runtime, step: int, check_every: int) -> bool:
-        """Has any rank received a stop signal? One process: every step (a host flag, no
-        sync). Several: every SIGNAL_CHECK_EVERY steps, or every faults.check_every steps when
-        that is > 1 (so no host sync falls between its checks), in one all-reduce."""
-        if rt.world_size == 1:
-            return self.received is not None
-        if step % (check_every if check_every > 1 else SIGNAL_CHECK_EVERY):
-            return False
-        t = torch.tensor([1.0 if self.received is not None else 0.0], device=rt.device)
-        return sum_over_ranks(rt, t)[0] > 0
-
 
 class DataWatch:
-    """The trainer's batch iterator over ``source``, watched. When this rank's data ends or
-    fails, the watch repeats the last batch and records why (``ended``); the next agreed check
-    (:meth:`NanGuard.check`, before any optimizer step) then stops every rank together. The
-    source is iterated from the first ``next`` (after a resume has set its position)."""
+    """The trainer's batches from ``source``, read ahead by :meth:`fill` (one check window at
+    each decision), with the position to checkpoint: that of the last batch taken, not of the
+    last one read (``stream``'s ``state_dict`` is noted after each read when ``source`` is
+    ``stream``; batches fed from elsewhere leave ``stream``'s own position). When this rank's
+    data ends or fails, ``ended`` says why and no batch is repeated."""
 
-    def __init__(self, source: Iterable[Any]) -> None:
-        self.source = source
+    def __init__(self, source: Iterable[Any], stream: Any) -> None:
+        self.source, self.stream = source, stream
+        self._track = source is stream
         self._it: Iterator[Any] | None = None
-        self.last: Any = None
+        self._ahead: deque[tuple[Any, Any]] = deque()
+        self._pos: dict[str, Any] | None = None
+        self.read = 0
+        """Batches read from the source since the (re)start."""
         self.ended: str | None = None
         """"ended: why" or "failed: the error" once this rank's data stopped (None while it flows)."""
-        self._first: list[Any] = []
 
     def __iter__(self) -> DataWatch:
         return self
 
-    def restart(self) -> None:
-        """Read the source again from its current position (after a rollback's reload)."""
-        self.close()
-        self._it, self.last, self.ended, self._first = None, None, None, []
-
-    def __next__(self) -> Any:
-        if self._first:
-            return self._first.pop()
-        if self.ended is None:
+    def fill(self, batches: int) -> bool:
+        """Read until ``batches`` are in hand; False when the data ended or failed first."""
+        while len(self._ahead) < batches and self.ended is None:
             try:
                 if self._it is None:
+                    if self._track and self._pos is None:
+                        self._pos = self.stream.state_dict()
                     self._it = iter(self.source)
-                self.last = next(self._it)
-                return self.last
+                batch = next(self._it)
             except StopIteration:
                 self.ended = "ended: the data stream ended"
             except (GanscaleError, OSError) as e:  # e.g. a shard server gone (data.retry_s spent)
                 self.ended = "failed: " + (str(e).strip().splitlines() or [type(e).__name__])[0]
-        if self.last is None:
-            raise DataEnded(f"no data: {self.ended.split(': ', 1)[1]}")
-        return self.last
+            else:
+                self.read += 1
+                self._ahead.append((batch, self.stream.state_dict() if self._track else None))
+        return len(self._ahead) >= batches
 
-    def start(self, rt: Runtime) -> None:
-        """Read the first batch now and agree that every rank has one (else all stop)."""
-        if self.last is None and self.ended is None:
-            with contextlib.suppress(DataEnded):
-                self._first.append(next(self))
-        missing = self.ended.split(": ", 1)[1] if self.last is None and self.ended else None
-        found = rt.all_gather_object(missing)
-        bad = [(r, m) for r, m in enumerate(found) if m is not None]
-        if bad:
-            where = f" on rank {bad[0][0]}" if rt.world_size > 1 else ""
-            raise DataEnded(f"no data{where} before the first step: {bad[0][1]}")
+    def __next__(self) -> Any:
+        if not self._ahead and not self.fill(1):  # a step run outside Trainer.run (bench, tests)
+            raise DataEnded(f"no data: {self.ended.split(': ', 1)[1]}")
+        batch, pos = self._ahead.popleft()
+        if pos is not None:
+            self._pos = pos
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        """The data position after the last batch taken (what a checkpoint saves)."""
+        return dict(self._pos) if self._pos is not None else self.stream.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.restart()
+        self.stream.load_state_dict(state)
+
+    def restart(self) -> None:
+        """Forget what was read ahead; read the source again from its position (after a reload)."""
+        self.close()
+        self._it, self._pos, self.ended, self.read = None, None, None, 0
+        self._ahead.clear()
 
     def close(self) -> None:
         # closing the batch generator shuts the DataLoader's worker processes down (otherwise
@@ -176,95 +183,146 @@ class DataWatch:
         getattr(self._it, "close", lambda: None)()
 
 
-class NanGuard:
-    """The NaN/inf policy: stop (error), skip (drop this update) or rollback (reload + lower lr).
+class Action(Enum):
+    CONTINUE = "continue"
+    SKIP = "skip"
+    """An update was dropped (nan_policy=skip, before it was applied); training goes on."""
+    ROLLBACK = "rollback"
+    STOP = "stop"
 
-    With faults.check_every = k > 1 the flag stays on the device and is read (and agreed) only
-    every k steps (no host sync in between); a fault is then reported at the next check step.
-    ``data`` is the trainer's :class:`DataWatch`: its end is agreed in the same all-reduce.
-    """
+
+@dataclass(frozen=True)
+class Decision:
+    """What every rank does next (the same on every rank)."""
+
+    action: Action
+    reason: str = ""
+    error: GanscaleError | None = None
+    """With STOP: the error to raise (a non-finite loss under nan_policy=stop, the data's end);
+    None for a stop signal (checkpoint, then exit cleanly)."""
+
+
+CONTINUE = Decision(Action.CONTINUE)
+
+
+class Faults:
+    """The non-finite flags of the steps since the last decision (device tensors: no host sync
+    until :meth:`decide`) and the decision itself (see the module docstring). Events go to
+    ``report`` (the run's one metrics writer) and its tracker."""
 
     def __init__(
-        self,
-        cfg: FaultConfig,
-        rt: Runtime,
-        state: TrainState,
-        tracker: Tracker,
-        metrics: MetricsFile,
-        data: DataWatch | None = None,
+        self, cfg: FaultConfig, rt: Runtime, state: TrainState, report: RunLog, data: DataWatch
     ) -> None:
-        self.cfg, self.rt, self.state, self.tracker, self.metrics = cfg, rt, state, tracker, metrics
-        self.data = data
+        self.cfg, self.rt, self.state, self.report, self.data = cfg, rt, state, report, data
         dev = rt.device
         # device constants: building the flags never copies from the host (no sync)
         self.zero, self.one = torch.zeros((), device=dev), torch.ones((), device=dev)
         self.nan = torch.full((), float("nan"), device=dev)
         self._rank1 = torch.tensor(float(rt.rank + 1), device=dev)
-        self._pending: torch.Tensor | None = None  # "non-finite since the last check", not yet read
+        self._bad: dict[str, torch.Tensor | None] = {"d": None, "g": None}  # since the last decision
+        self._checked = state.step  # steps done at the last decision
         self.skipped = False
-        """Did the current step drop an update? (the trainer reads and resets it per step)"""
+        """Did the current step drop an update? (the trainer resets it per step)"""
+        self._skips = 0
+        self._started = False  # the first decision checks that every rank has its first batches
 
     def reset(self) -> None:
         """Forget unchecked flags (after a rollback: those steps are undone)."""
-        self._pending, self.skipped = None, False
+        self._bad, self.skipped, self._skips = {"d": None, "g": None}, False, 0
+        self._checked = self.state.step
 
-    def check(self, loss: torch.Tensor, net: str, step: int) -> bool:
-        """True: apply the update. False: it was dropped (skip). Raises under stop/rollback and
-        when the data ended; the same on every rank."""
-        every = self.cfg.check_every
+    def update_ok(self, net: str, loss: torch.Tensor, step: int) -> bool:
+        """Before ``net``'s optimizer step: note whether ``loss`` is finite (a device flag). Under
+        nan_policy=skip the ranks agree on it now and False drops the update."""
         bad = ~finite(loss)
-        self._pending = bad if self._pending is None else self._pending | bad
-        if every > 1 and (step + 1) % every:
+        if self.cfg.nan_policy != "skip":
+            seen = self._bad[net]
+            self._bad[net] = bad if seen is None else seen | bad
             return True
-        n_bad, rank_sum = self._agree(step)
+        b = bad.float()
+        n_bad, rank_sum = sum_over_ranks(self.rt, torch.stack([b, b * self._rank1]))
         if not n_bad:
             return True
-        policy = self.cfg.nan_policy
-        when = f"step {step + 1}" if every == 1 else f"steps {step + 2 - every}-{step + 1}"
-        msg = f"non-finite {net.upper()} loss at {when}{which_ranks(self.rt, n_bad, rank_sum)}"
-        self.tracker.alert("non_finite", msg)
-        self.metrics.write({"step": step + 1, "event": "non_finite", "net": net, "policy": policy})
-        if policy == "stop":
-            raise NonFiniteLoss(
-                f"{msg}; stopped (faults.nan_policy=stop). Resume from the last checkpoint "
-                f"with a lower lr, or set faults.nan_policy=rollback"
-            )
+        msg = f"non-finite {net.upper()} loss at step {step + 1}{which_ranks(self.rt, n_bad, rank_sum)}"
+        self.report.event(step + 1, "non_finite", alert=msg, net=net, policy="skip")
         self.rt.opt[net].zero_grad(set_to_none=True)
-        if policy == "rollback":
-            raise Rollback(msg)
         self.state.skipped_steps += 1
         self._repair_after_skip(msg)
-        self.skipped = True
+        self.skipped, self._skips = True, self._skips + 1
         warnings.warn(f"{msg}; update skipped (faults.nan_policy=skip)", stacklevel=3)
         return False
 
-    def _agree(self, step: int) -> tuple[int, int]:
-        """Read the pending flags of every rank (one all-reduce): (ranks with a non-finite loss,
-        their rank sum + count). Raises :class:`DataEnded` when a rank's data ended."""
-        pending, self._pending = self._pending, None
-        ended = self.data is not None and self.data.ended is not None
-        if self.rt.world_size == 1:  # nothing to agree with: one host read, no stacking
-            n_bad = int(bool(pending)) if pending is not None else 0
-            rank_sum, n_ended = n_bad, int(ended)
+    def due(self, step: int) -> bool:
+        """Is a decision due after ``step`` steps? (every faults.check_every steps)"""
+        return step % self.cfg.check_every == 0
+
+    def decide(self, step: int, have: bool, stop: StopSignal) -> Decision:
+        """The agreed decision after ``step`` steps; ``have``: this rank holds the batches of the
+        next window (:meth:`DataWatch.fill`). One all-reduce of (non-finite, data short, stop)."""
+        bad_d, bad_g = self._bad["d"], self._bad["g"]
+        self._bad = {"d": None, "g": None}
+        first, self._checked = self._checked + 1, step
+        short, signal_ = not have, stop.received is not None
+        if self.rt.world_size == 1:  # nothing to agree with: at most one host read
+            present = [t for t in (bad_d, bad_g) if t is not None]
+            found = iter(torch.stack(present).tolist() if present else [])
+            n_d = r_d = int(bad_d is not None and bool(next(found)))
+            n_g = r_g = int(bad_g is not None and bool(next(found)))
+            n_short, n_stop = int(short), int(signal_)
         else:
-            bad = pending.float() if pending is not None else self.zero
-            data = self.one if ended else self.zero
-            n_bad, rank_sum, n_ended = sum_over_ranks(self.rt, torch.stack([bad, bad * self._rank1, data]))
-        if n_ended:
-            reasons = self.rt.all_gather_object(self.data.ended if self.data is not None else None)
-            rank, why = next((r, m) for r, m in enumerate(reasons) if m is not None)
-            kind, why = why.split(": ", 1)
-            several = self.rt.world_size > 1
-            where, end = (f" on rank {rank}", "; every rank stopped there") if several else ("", "")
-            raise DataEnded(f"the data {kind}{where} at step {step + 1}: {why}{end}")
-        return n_bad, rank_sum
+            d = bad_d.float() if bad_d is not None else self.zero
+            g = bad_g.float() if bad_g is not None else self.zero
+            s = self.one if short else self.zero
+            flags = torch.stack(
+                [d, d * self._rank1, g, g * self._rank1, s, self.one if signal_ else self.zero]
+            )
+            n_d, r_d, n_g, r_g, n_short, n_stop = sum_over_ranks(self.rt, flags)
+        started, self._started = self._started, True
+        if n_d or n_g:
+            net, n, ranks = ("d", n_d, r_d) if n_d else ("g", n_g, r_g)
+            when = f"step {step}" if first >= step else f"steps {first}-{step}"
+            msg = f"non-finite {net.upper()} loss at {when}{which_ranks(self.rt, n, ranks)}"
+            policy = self.cfg.nan_policy
+            self.report.event(step, "non_finite", alert=msg, net=net, policy=policy)
+            if policy == "rollback":
+                return Decision(Action.ROLLBACK, msg)
+            return Decision(
+                Action.STOP,
+                msg,
+                NonFiniteLoss(
+                    f"{msg}; stopped (faults.nan_policy=stop). Resume from the last checkpoint "
+                    f"with a lower lr, or set faults.nan_policy=rollback"
+                ),
+            )
+        if n_short:
+            return Decision(Action.STOP, "the data ended", self._data_ended(step, started))
+        if n_stop:
+            return Decision(Action.STOP, "a stop signal")
+        if self._skips:
+            self._skips = 0
+            return Decision(Action.SKIP, "an update was skipped (faults.nan_policy=skip)")
+        return CONTINUE
+
+    def _data_ended(self, step: int, started: bool) -> DataEnded:
+        """The one-line error of a rank whose data could not fill the next window."""
+        reasons = self.rt.all_gather_object(self.data.ended) if self.rt.world_size > 1 else [self.data.ended]
+        rank, why = next((r, m) for r, m in enumerate(reasons) if m is not None)
+        kind, why = why.split(": ", 1)
+        where = f" on rank {rank}" if self.rt.world_size > 1 else ""
+        if not started:
+            return DataEnded(f"no data{where} before the first step: {why}")
+        end = "; every rank stopped there" if self.rt.world_size > 1 else ""
+        return DataEnded(f"the data {kind}{where} at step {step + 1}: {why}{end}")
 
     def ensure_clean(self, step: int) -> None:
-        """Before a checkpoint: flags not yet read (faults.check_every > 1) must be clean on
-        every rank (agreed)."""
-        if self._pending is None:
+        """Before a checkpoint written outside a decision (a direct :meth:`Trainer.save`): flags
+        not yet read must be clean on every rank (agreed)."""
+        bad = [t.float() for t in self._bad.values() if t is not None]
+        if not bad:
             return
-        n_bad, rank_sum = self._agree(step - 1)
+        self._bad = {"d": None, "g": None}
+        b = torch.stack(bad).amax()
+        n_bad, rank_sum = sum_over_ranks(self.rt, torch.stack([b, b * self._rank1]))
         if n_bad:
             raise NonFiniteLoss(
                 f"non-finite loss in the steps before step {step}{which_ranks(self.rt, n_bad, rank_sum)}; "
@@ -297,28 +355,30 @@ class NanGuard:
 
 
 def roll_back(
-    reason: str, cfg: FaultConfig, state: TrainState, checkpointer: Checkpointer, metrics: MetricsFile
-) -> None:
-    """Reload the latest checkpoint and lower the lr by faults.rollback_lr_factor (again)."""
-    ref = checkpointer.latest()  # rank 0's view, on every rank
-    if ref is None:
+    reason: str,
+    cfg: FaultConfig,
+    state: TrainState,
+    latest: CheckpointRef | None,
+    restore: Callable[[Path, TrainState], None],
+    set_lr: Callable[[str, float], None],
+) -> CheckpointRef:
+    """Reload ``latest`` into ``state`` (``restore``) and lower the lr (``set_lr(net, factor)``)
+    by faults.rollback_lr_factor (again); the checkpoint rolled back to."""
+    if latest is None:
         raise NonFiniteLoss(f"{reason}; no checkpoint to roll back to (faults.nan_policy=rollback)")
     if state.rollbacks >= cfg.max_rollbacks:
         raise NonFiniteLoss(
             f"{reason}; already rolled back {state.rollbacks} times (faults.max_rollbacks="
-            f"{cfg.max_rollbacks}); stopped. Resume from {ref.path} with a lower lr, or raise "
+            f"{cfg.max_rollbacks}); stopped. Resume from {latest.path} with a lower lr, or raise "
             f"faults.max_rollbacks"
         )
     # counters and the lr factor carry across the reload (the checkpoint holds older ones):
     # a fault that recurs lowers the lr again instead of replaying the same steps forever
     rollbacks = state.rollbacks + 1
     lr_factor = state.lr_factor * cfg.rollback_lr_factor
-    checkpointer.restore(ref.path, state)
+    restore(latest.path, state)
     for net in ("g", "d"):  # the reloaded optimizers hold the checkpoint's lr
-        checkpointer.rt.set_lr(net, lr_factor / state.lr_factor)
+        set_lr(net, lr_factor / state.lr_factor)
     state.rollbacks, state.lr_factor = rollbacks, lr_factor
-    warnings.warn(f"{reason}; rolled back to step {ref.step}, lr x{state.lr_factor:g}", stacklevel=3)
-    drop = getattr(metrics, "drop_after", None)
-    if drop is not None:  # the replayed steps are logged once: the abandoned rows go, events stay
-        drop(ref.step, keep_events=True)
-    metrics.write({"step": ref.step, "event": "rollback", "reason": reason})
+    warnings.warn(f"{reason}; rolled back to step {latest.step}, lr x{state.lr_factor:g}", stacklevel=3)
+    return latest

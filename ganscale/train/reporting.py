@@ -15,6 +15,7 @@ import torch
 from ganscale.config import Config
 from ganscale.errors import GanscaleError
 from ganscale.outputs.tracking import MetricsFile, Tracker
+from ganscale.run_layout import METRICS, SAMPLES
 from ganscale.runtime import Runtime
 from ganscale.train.ema import EMA
 from ganscale.train.monitors import HealthMonitor, HealthWarning
@@ -46,8 +47,10 @@ def say(rt: Runtime, message: str | None) -> None:
 
 
 class RunLog:
-    """Metrics rows every ``log.every`` steps (collective: the record is averaged over ranks),
-    health warnings (log, tracker, metrics.jsonl) and the progress bar."""
+    """The run's one writer of ``metrics.jsonl`` (and of the tracker's scalars): step rows every
+    ``log.every`` steps (collective: the record is averaged over ranks), events (non-finite
+    losses, rollbacks), health warnings, the training-time evaluation's rows; and the progress
+    bar. On other ranks the metrics file has no path and the tracker is a null one."""
 
     def __init__(self, cfg: Config, rt: Runtime, data: Any, tracker: Tracker, metrics: MetricsFile) -> None:
         self.cfg, self.rt, self.data, self.tracker, self.metrics = cfg, rt, data, tracker, metrics
@@ -63,7 +66,24 @@ class RunLog:
         if self.rt.is_main and self.cfg.log.progress:
             self.progress = Progress(self.cfg.train.max_steps or None, step)
 
-    def write(self, record: dict[str, torch.Tensor], step: int, images_seen: int, data_wait_s: float) -> None:
+    def write(self, row: dict[str, Any]) -> None:
+        """One row of metrics.jsonl (every row goes through here)."""
+        self.metrics.write(row)
+
+    def event(self, step: int, kind: str, alert: str | None = None, **fields: Any) -> None:
+        """An event row ({"step", "event": kind, ...}); ``alert`` also goes to the tracker."""
+        if alert is not None:
+            self.tracker.alert(kind, alert)
+        self.write({"step": step, "event": kind, **fields})
+
+    def drop_after(self, step: int, keep_events: bool = False) -> int:
+        """Drop the rows past ``step`` (a resume or a rollback replays those steps); the count."""
+        drop = getattr(self.metrics, "drop_after", None)  # RunMetrics; a plain file keeps its rows
+        return drop(step, keep_events=keep_events) if drop is not None else 0
+
+    def log_step(
+        self, record: dict[str, torch.Tensor], step: int, images_seen: int, data_wait_s: float
+    ) -> None:
         """One metrics row: the step's record averaged over ranks, throughput, learning rates."""
         now = time.perf_counter()
         elapsed = now - self._t
@@ -88,7 +108,7 @@ class RunLog:
             "lr/g": self.rt.opt["g"].param_groups[0]["lr"],
             "lr/d": self.rt.opt["d"].param_groups[0]["lr"],
         }
-        self.metrics.write(row)
+        self.write(row)
         self.tracker.log({k: v for k, v in row.items() if k != "step"}, step=step)
         self.last_row = row
         self.warn_health(self.health.observe_metrics(row))
@@ -98,7 +118,7 @@ class RunLog:
         for w in found:
             self.warn(f"step {w.step}: {w.message}")
             self.tracker.alert(w.signal, w.message)
-            self.metrics.write(w.row())
+            self.write(w.row())
 
     def close(self) -> None:
         self.progress.close()
@@ -203,7 +223,7 @@ class Outputs(NullOutputs):
         group = self.cfg.log.samples_per_condition
         self.log.warn_health(self.log.health.observe_samples(images, step, group=group))
         grid = make_grid(images, ncol=group)
-        save_png(grid, self.run_dir / "samples" / f"step-{step:07d}.png")
+        save_png(grid, self.run_dir / SAMPLES / f"step-{step:07d}.png")
         self.log.tracker.log_image("samples", grid, step, caption=f"step {step}")
 
     def finish(self, step: int) -> None:
@@ -213,7 +233,7 @@ class Outputs(NullOutputs):
 
         export_generator(self.ema.shadow, self.meta, self.run_dir)
         self.write_samples(step)
-        plot_losses(read_metrics(self.run_dir / "metrics.jsonl"), self.run_dir / "losses.png")
+        plot_losses(read_metrics(self.run_dir / METRICS), self.run_dir / "losses.png")
 
 
 def build_outputs(

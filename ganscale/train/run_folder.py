@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,24 +24,10 @@ import torch
 from ganscale.config import Config, load_config
 from ganscale.errors import GanscaleError
 from ganscale.outputs.tracking import MetricsFile
+from ganscale.run_layout import METRICS, RUN_ENTRIES, RUN_GLOBS
 from ganscale.train import checkpoint as ckpt
+from ganscale.train.plan import d_norm_of
 
-RUN_ENTRIES = (
-    "checkpoints",
-    "metrics.jsonl",
-    "samples",
-    "best",
-    "generator.safetensors",
-    "generator.json",
-    "generator.onnx",
-    "losses.png",
-    "eval.json",
-    "wandb",
-    "tensorboard",
-    "config.yaml",
-)
-"""What a run writes into its folder (``--overwrite`` removes these, and nothing else)."""
-RUN_GLOBS = ("confusion-*.png",)  # `ganscale eval RUN`'s confusion matrices
 SHAPE_KEYS = (
     "arch",
     "conditional",
@@ -88,7 +75,7 @@ def run_in(run_dir: Path) -> str | None:
     refs = ckpt.list_checkpoints(run_dir)
     if refs:
         parts.append(f"checkpoints up to step {refs[-1].step}")
-    rows = metric_rows(run_dir / "metrics.jsonl")
+    rows = metric_rows(run_dir / METRICS)
     if rows:
         parts.append(f"{rows} metrics rows")
     return ", ".join(parts) or None
@@ -147,10 +134,11 @@ def remove_run_files(run_dir: Path) -> list[str]:
     return removed
 
 
-def drop_after_resume(run_dir: Path, metrics: MetricsFile, step: int) -> str | None:
+def drop_after_resume(run_dir: Path, drop_rows: Callable[[int], int], step: int) -> str | None:
     """On a resume at ``step``: what the folder holds past it is an abandoned continuation;
-    its metrics rows and later checkpoints go (every step logged once, one "latest")."""
-    rows = metrics.drop_after(step) if isinstance(metrics, RunMetrics) else 0
+    its metrics rows (``drop_rows(step)``, the run log's) and later checkpoints go (every step
+    logged once, one "latest")."""
+    rows = drop_rows(step)
     later = ckpt.remove_after(run_dir, step)
     if not (rows or later):
         return None
@@ -163,25 +151,40 @@ def _shapes(cfg: Config, num_classes: list[int]) -> dict[str, tuple[int, ...]]:
 
     with torch.device("meta"):  # shapes only: no memory, no initialisation cost
         G = build_generator(cfg.model, num_classes)
-        D = build_discriminator(cfg.model, num_classes, norm=cfg.d_norm)
+        D = build_discriminator(cfg.model, num_classes, norm=d_norm_of(cfg))
     out = {f"G.{k}": tuple(v.shape) for k, v in G.state_dict().items()}
     return out | {f"D.{k}": tuple(v.shape) for k, v in D.state_dict().items()}
 
 
 def _model_value(cfg: Config, key: str) -> Any:
-    return cfg.d_norm if key == "d_norm" else getattr(cfg.model, key)
+    return d_norm_of(cfg) if key == "d_norm" else getattr(cfg.model, key)
+
+
+def saved_model(folder: Path) -> tuple[Config, list[int]]:
+    """The checkpoint's config and class counts, what its networks were built from. Raises
+    :class:`RunFolderError` (one line) when they cannot be read: the shape check cannot be
+    skipped silently, it is what keeps a resume from loading weights into other networks."""
+    try:
+        saved = load_config(folder / "config.yaml")
+        meta = json.loads((folder / "generator.json").read_text())
+        num_classes = meta.get("num_classes") or [] if isinstance(meta, dict) else None
+        if not isinstance(num_classes, list) or not all(isinstance(n, int) for n in num_classes):
+            raise ValueError(f"num_classes is {num_classes!r}, not a list of integers")
+    except (GanscaleError, OSError, ValueError) as e:  # JSONDecodeError is a ValueError
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise RunFolderError(
+            f"--resume {folder}: cannot read the checkpoint's config.yaml/generator.json to compare "
+            f"network shapes ({why}); resume from another checkpoint, or start a new run with "
+            f"--overwrite or a new --out"
+        ) from None
+    return saved, num_classes
 
 
 def shape_changes(cfg: Config, folder: Path) -> list[str]:
     """The model keys whose change makes ``cfg``'s networks differ in shape from those of the
     checkpoint in ``folder`` ("model.g_channels 8 -> 16"); empty when the shapes agree."""
-    try:
-        saved = load_config(folder / "config.yaml")
-        num_classes = json.loads((folder / "generator.json").read_text()).get("num_classes") or []
-        before, after = _shapes(saved, num_classes), _shapes(cfg, num_classes)
-    except (GanscaleError, OSError, ValueError, TypeError, AttributeError, RuntimeError):
-        return []  # a checkpoint config this ganscale cannot build: the weight load will say
-    if before == after:
+    saved, num_classes = saved_model(folder)
+    if _shapes(saved, num_classes) == _shapes(cfg, num_classes):
         return []
     changed = [
         f"model.{k} {_model_value(saved, k)} -> {_model_value(cfg, k)}"

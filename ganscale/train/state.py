@@ -18,9 +18,9 @@ from typing import Any, Protocol
 from ganscale.config import Config, save_config
 from ganscale.errors import GanscaleError
 from ganscale.runtime import Runtime
+from ganscale.seeding import NOISE_SCHEME
 from ganscale.train import checkpoint as ckpt
 from ganscale.train.ema import EMA
-from ganscale.train.noise import NOISE_SCHEME
 
 
 @dataclass
