@@ -10,9 +10,8 @@ from conftest import REPO
 from PIL import Image, ImageDraw
 from torch import nn
 
-from ganscale.config import load_config
+from ganscale.config import EvalConfig, load_config
 from ganscale.corpus.pack import write_shards
-from ganscale.evaluation.config import EvalConfig
 from ganscale.evaluation.corpus_images import read_corpus
 from ganscale.evaluation.diversity import fid_div, structure_embedding, within_condition_diversity
 from ganscale.evaluation.during_training import TrainingEvaluator
