@@ -70,7 +70,7 @@ def train(
             "files) and start over. Without it (or --resume) a folder holding a run is refused.",
         ),
     ] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the config (YAML + --set, validated) and exit.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the validated config and exit.")] = False,
 ) -> None:
     """Train a GAN from a YAML config (under `accelerate launch` for several processes)."""
     import yaml
