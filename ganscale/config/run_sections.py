@@ -167,11 +167,13 @@ class FaultConfig:
     max_rollbacks: int = 3
     """Rollbacks allowed in a run; one more non-finite step then stops with an error."""
     check_every: int = 1
-    """Read the NaN/inf flag on the host every N steps. 1: every phase of every step (the
-    fault is caught at the step it happens, at the cost of one host-device sync per phase).
-    N > 1: the flag accumulates on the device and is read every N steps, so the other steps
-    never wait for the GPU; needs nan_policy stop or rollback (an update already applied
-    cannot be skipped) and checkpoint.every a multiple of N (never checkpoint unchecked steps)."""
+    """Steps between the trainer's decisions (one agreement of every rank on: a NaN/inf loss,
+    the data's end, a stop signal; the next N steps' batches are read then). 1: after every step
+    (the fault is caught at the step it happens, at the cost of one host-device sync per step;
+    under nan_policy skip each update also asks before it is applied). N > 1: the flags
+    accumulate on the device and are read every N steps, so the other steps never wait for the
+    GPU; needs nan_policy stop or rollback (an update already applied cannot be skipped) and
+    checkpoint.every a multiple of N (never checkpoint unchecked steps)."""
     collective_timeout_s: float = 600.0
     """Seconds a process waits in one collective (gradient all-reduce, barrier, the process
     group's rendezvous) before it fails: a rank that died or froze then ends the others with

@@ -19,6 +19,7 @@ from ganscale.run_layout import METRICS, SAMPLES
 from ganscale.runtime import Runtime
 from ganscale.train.ema import EMA
 from ganscale.train.monitors import HealthMonitor, HealthWarning
+from ganscale.train.run_folder import RunMetrics
 
 # Rows of the fixed sample grid for conditional runs: the study's conditions where the corpus
 # has those colours (the first combinations of the vocabulary otherwise).
@@ -78,8 +79,9 @@ class RunLog:
 
     def drop_after(self, step: int, keep_events: bool = False) -> int:
         """Drop the rows past ``step`` (a resume or a rollback replays those steps); the count."""
-        drop = getattr(self.metrics, "drop_after", None)  # RunMetrics; a plain file keeps its rows
-        return drop(step, keep_events=keep_events) if drop is not None else 0
+        if not isinstance(self.metrics, RunMetrics):  # a file fed in (tests, bench) keeps its rows
+            return 0
+        return self.metrics.drop_after(step, keep_events=keep_events)
 
     def log_step(
         self, record: dict[str, torch.Tensor], step: int, images_seen: int, data_wait_s: float
