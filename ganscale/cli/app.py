@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from ganscale.cli.argv import bare_resume, strip_launcher_args
-from ganscale.cli.options import (
+from ganscale.cli_options import (
     ConfigArg,
     DeviceOpt,
     SetOpt,
@@ -70,7 +70,9 @@ def train(
             "files) and start over. Without it (or --resume) a folder holding a run is refused.",
         ),
     ] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the validated config and exit.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the config (YAML + --set, validated) and exit.")
+    ] = False,
 ) -> None:
     """Train a GAN from a YAML config (under `accelerate launch` for several processes)."""
     import yaml
@@ -91,23 +93,44 @@ def sample(
     run: Annotated[Path, typer.Argument(help="A run folder or an exported generator (.safetensors).")],
     tags: Annotated[
         str | None,
-        typer.Option("--tags", help='Condition in the corpus\'s words, e.g. "aqua hair orange eyes".'),
+        typer.Option(
+            "--tags",
+            help='Condition in the corpus\'s words: "aqua hair orange eyes", or values alone when each '
+            'names one attribute ("google flags"); several separated by ";" (one grid row each).',
+        ),
+    ] = None,
+    cond: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--cond",
+            metavar="ATTR=VALUE",
+            help="One attribute's value, repeated for each attribute the run was trained on "
+            "(e.g. --cond vendor=google --cond category=flags); with --all-conditions, the attributes "
+            "held fixed.",
+        ),
     ] = None,
     n: Annotated[
         int | None, n_option("Images (default 64), or per condition with --all-conditions (default 8).")
     ] = None,
-    seed: Annotated[int, seed_option("Noise seed.")] = 0,
+    seed: Annotated[int, seed_option("Noise seed (seed N: the faces of seed N in `ganscale serve`).")] = 0,
     # str, not Path: a trailing / means "a folder of PNGs"
     out: Annotated[
         str | None, out_option("Grid PNG, or a folder (ending in /) for one PNG per image.")
     ] = None,
     all_conditions: Annotated[
-        bool, typer.Option("--all-conditions", help="Draw the conditions x samples matrix.")
+        bool,
+        typer.Option(
+            "--all-conditions",
+            help="Draw the conditions x samples matrix: one row per combination of values "
+            "(at most 256 rows; fix attributes with --cond).",
+        ),
     ] = False,
     interpolate: Annotated[
         str | None,
         typer.Option(
-            "--interpolate", help='GIF walking z and from --tags to these tags, e.g. "red hair blue eyes".'
+            "--interpolate",
+            help="GIF walking z (seed to seed + 1) and from --tags or --cond to these tags, e.g. "
+            '"red hair blue eyes".',
         ),
     ] = None,
     device: DeviceOpt = None,
@@ -151,6 +174,7 @@ def sample(
         truncation=truncation,
         labels=labels,
         min_cell=min_cell,
+        cond=cond,
     )
     typer.echo(f"wrote {written}")
 
