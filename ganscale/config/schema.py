@@ -50,6 +50,16 @@ class Config:
                 f"multiple of it ({every}), so no checkpoint holds an unchecked step"
             )
         self._resolve_augment_policy()
+        if self.train.freeze_d:  # D's block count needs the model (imported only then)
+            from ganscale.models.conditioning import discriminator_block_count
+
+            blocks = discriminator_block_count(self.model)
+            check(
+                self.train.freeze_d <= blocks,
+                "train.freeze_d",
+                f"{self.train.freeze_d} is more than D's {blocks} blocks ({self.model.arch} at "
+                f"{self.model.image_size} px); use at most {blocks}",
+            )
 
     def _resolve_augment_policy(self) -> None:
         """augment.policy auto -> the explicit list (saved so), without color when conditional."""

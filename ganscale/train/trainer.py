@@ -44,6 +44,7 @@ from ganscale.train.faults import (
     agree,
     roll_back,
 )
+from ganscale.train.init_from import InitPlan, apply_init, plan_init
 from ganscale.train.noise import NoisePhase, NoiseSource, check_plan, step_generator
 from ganscale.train.reporting import STUDY_CONDITIONS, RunLog, build_outputs, say
 from ganscale.train.run_folder import RunMetrics, clear_run, drop_after_resume, plan_start
@@ -83,9 +84,11 @@ class Trainer:
         batches: Iterable[Batch] | None = None,
         tracker: Tracker | None = None,
         metrics: MetricsFile | None = None,
+        init: InitPlan | None = None,
     ) -> None:
         from ganscale.data.loader import build_loader
         from ganscale.models import build_discriminator, build_generator
+        from ganscale.models.conditioning import freeze_discriminator_blocks
 
         self.cfg, self.run_dir, self.rt, self.plan = cfg, run_dir, rt, rt.plan
         self.data: BatchStream = (
@@ -111,6 +114,9 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         G = build_generator(cfg.model, self.num_classes)
         D = build_discriminator(cfg.model, self.num_classes, norm=cfg.d_norm)
+        if init is not None:  # --init-from: the source's matching weights (ganscale/train/init_from.py)
+            say(rt, apply_init(G, D, init, self.attributes))
+        freeze_discriminator_blocks(D, cfg.train.freeze_d)  # train.freeze_d: before the optimizer, DDP
         rt.setup(G, D)
         self.ema = EMA(rt.module("g"), cfg.train.ema_decay)
         check_plan(rt.world_size, self.plan.grad_accum, self.plan.n_critic)
@@ -132,7 +138,8 @@ class Trainer:
         self.lecam = losses.LeCamEMA(cfg.loss.lecam_decay, rt.device) if cfg.loss.lecam_weight > 0 else None
         self.shared_fake = cfg.shares_fake(self.plan.grad_accum)
         self._fake: tuple[torch.Tensor, torch.Tensor | None] | None = None  # the D phase's, for G
-        self._d_params = list(rt.module("d").parameters())  # toggled per step: D.requires_grad_ walks modules
+        # toggled per step (D.requires_grad_ walks modules); train.freeze_d's frozen ones stay frozen
+        self._d_params = [p for p in rt.module("d").parameters() if p.requires_grad]
         self.state = TrainState()
         self.meta = generator_meta(cfg, self.attributes)
 
@@ -396,15 +403,27 @@ class Trainer:
         self.report.close()
 
 
-def train(cfg: Config, run_dir: Path, resume: str | None = None, overwrite: bool = False) -> TrainResult:
+def train(
+    cfg: Config,
+    run_dir: Path,
+    resume: str | None = None,
+    overwrite: bool = False,
+    init_from: str | None = None,
+) -> TrainResult:
     """Train ``cfg`` into ``run_dir`` (created; the resolved config is saved there).
 
     A folder that holds a run needs ``resume`` (continue it) or ``overwrite`` (remove its files
     first); a resume into networks of other shapes is refused. Those refusals come before
-    anything is written (:mod:`ganscale.train.run_folder`), agreed by every rank.
+    anything is written (:mod:`ganscale.train.run_folder`), agreed by every rank. ``init_from``
+    (``--init-from``) starts from a trained run's weights (:mod:`ganscale.train.init_from`).
     """
     rt = build_runtime(cfg)
     try:
+        init = None  # --init-from: checked before the run folder is touched
+        if init_from is not None:
+            init = agree(
+                rt, lambda: plan_init(cfg, init_from, run_dir=run_dir, resume=resume, overwrite=overwrite)
+            )
         start = agree(rt, lambda: plan_start(cfg, run_dir, resume, overwrite))
         if rt.is_main:
             if start.overwrite:
@@ -412,6 +431,6 @@ def train(cfg: Config, run_dir: Path, resume: str | None = None, overwrite: bool
             run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, run_dir / "config.yaml")
         rt.barrier()
-        return Trainer(cfg, run_dir, rt, resume=resume).run()
+        return Trainer(cfg, run_dir, rt, resume=resume, init=init).run()
     finally:
         rt.end()
