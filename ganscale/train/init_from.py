@@ -44,6 +44,10 @@ from ganscale.train.run_folder import SHAPE_KEYS
 D_CONDITIONAL_ONLY = ("classifier.",)
 """D's modules that exist only in a conditional D (``model.head: classifier``'s own CNN): new
 (as initialised) when the source is unconditional, unused when this run is."""
+D_HEADS_OF_CONDITIONING = ("adv_head.",)
+"""D's modules whose shape follows ``model.conditional`` (a conditional ``separate`` head has
+``head_layers`` layers, an unconditional D one): re-initialised where the source's
+conditioning differs and they do not match; any other mismatch there is refused."""
 
 
 class InitFromError(GanscaleError):
@@ -206,7 +210,8 @@ def _check_shapes(
         raise _fail(name, f"this config's networks cannot be built ({e})") from None
     bad = _generator_mismatch(G, g_shapes, meta.get("z_dim"))
     if bad is None and d_shapes is not None:
-        bad = _discriminator_mismatch(D, d_shapes)
+        conditioning_changed = bool(meta["model"].get("conditional")) != cfg.model.conditional
+        bad = _discriminator_mismatch(D, d_shapes, conditioning_changed)
     if bad is None:
         return
     model = meta["model"]
@@ -255,16 +260,27 @@ def _conditional_only(key: str) -> bool:
     return key.startswith(D_CONDITIONAL_ONLY)
 
 
-def _discriminator_mismatch(D: nn.Module, source: dict[str, tuple[int, ...]]) -> str | None:
+def _discriminator_mismatch(
+    D: nn.Module, source: dict[str, tuple[int, ...]], conditioning_changed: bool
+) -> str | None:
     state = D.state_dict()
     for k, v in state.items():
         if attribute_module(k) is not None or (_conditional_only(k) and k not in source):
             continue  # per attribute (matched in apply_init), or new for a conditional D
+        if conditioning_changed and k.startswith(D_HEADS_OF_CONDITIONING):
+            continue  # re-initialised by apply_init where it does not match
         if k not in source:
             return f"D.{k} is not in the source"
         if source[k] != tuple(v.shape):
             return f"D.{k} has shape {source[k]} in the source, {tuple(v.shape)} here"
-    extra = [k for k in source if k not in state and attribute_module(k) is None and not _conditional_only(k)]
+    extra = [
+        k
+        for k in source
+        if k not in state
+        and attribute_module(k) is None
+        and not _conditional_only(k)
+        and not (conditioning_changed and k.startswith(D_HEADS_OF_CONDITIONING))
+    ]
     return f"the source's D.{sorted(extra)[0]} is not in this config's D" if extra else None
 
 
@@ -376,7 +392,9 @@ def apply_init(G: nn.Module, D: nn.Module, plan: InitPlan, attributes: dict[str,
     kept = {list(plan.attributes)[j] for j in mapping.values()}
     dropped = [a for a in plan.attributes if a not in kept]
     layers = _layer_names(G, g_reinit) + [f"D.{x}" for x in d_reinit]
-    what = f"new conditions: {', '.join(new)}" if new else "new conditions"
+    what = (
+        f"new conditions: {', '.join(new)}" if new else "conditioning changed" if layers else "new conditions"
+    )
     line = f"--init-from {plan.source}: loaded {g_loaded} tensors of G, {d_part}; "
     line += f"re-initialised ({what}): {', '.join(layers) or 'none'}"
     if dropped:
