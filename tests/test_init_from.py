@@ -11,18 +11,19 @@ import pytest
 import torch
 from conftest import REPO
 from PIL import Image
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from ganscale.cli import main
 from ganscale.config import load_config
 from ganscale.corpus.pack import pack
 from ganscale.errors import ConfigError, GanscaleError
 from ganscale.models import build_discriminator, build_generator
-from ganscale.models.conditioning import discriminator_blocks
+from ganscale.models.conditioning import discriminator_blocks, generator_label_inputs
+from ganscale.outputs.export import generator_meta
 from ganscale.outputs.tracking import read_metrics
 from ganscale.runtime import build_runtime
 from ganscale.train.checkpoint import list_checkpoints
-from ganscale.train.init_from import plan_init
+from ganscale.train.init_from import apply_init, plan_init
 from ganscale.train.trainer import Trainer, train
 
 TINY = REPO / "configs/tiny.yaml"
@@ -246,3 +247,73 @@ def test_freeze_d_above_the_block_count_is_refused():
     with pytest.raises(ConfigError, match="train.freeze_d: must be >= 0"):
         load_config(TINY, ["train.freeze_d=-1"])
     assert load_config(TINY, ["train.freeze_d=2"]).train.freeze_d == 2
+
+
+def _checkpoint_like(folder, cfg, attributes):
+    """A source folder as a checkpoint holds it (G, D, generator.json), random weights so that
+    every copied tensor is told apart from a fresh one."""
+    classes = [len(v) for v in attributes.values()]
+    G, D = build_generator(cfg.model, classes), build_discriminator(cfg.model, classes, norm=cfg.d_norm)
+    folder.mkdir()
+    for name, net in (("G", G), ("D", D)):
+        state = {k: torch.randn(v.shape) if v.is_floating_point() else v for k, v in net.state_dict().items()}
+        save_file({k: v.contiguous() for k, v in state.items()}, str(folder / f"{name}.safetensors"))
+    (folder / "generator.json").write_text(json.dumps(generator_meta(cfg, attributes)))
+    (folder / "state.json").write_text("{}")
+    return load_file(str(folder / "G.safetensors")), load_file(str(folder / "D.safetensors"))
+
+
+@pytest.mark.parametrize(
+    "over,reinit",
+    [
+        (
+            ["model.arch=resnet", "model.g_condition=cbn"],
+            "G's 4 conditional BatchNorm embeddings, D.class_heads.0",
+        ),
+        (
+            ["model.spectral_norm=both", "model.head=projection"],
+            "G.net.0 (label inputs), D.class_heads.0, D.embeds.0",
+        ),
+    ],
+)
+def test_a_shared_attribute_keeps_its_conditioning_rows(tmp_path, over, reinit):
+    """Source attribute `label` (a, b, c); the new corpus adds `vendor` before it: label's rows of
+    G's label inputs and its D modules are the source's, vendor's are as initialised."""
+    cfg = load_config(TINY, over)
+    g_src, d_src = _checkpoint_like(tmp_path / "src", cfg, {"label": ["a", "b", "c"]})
+    target = {"vendor": ["x", "y"], "label": ["a", "b", "c"]}
+    G, D = build_generator(cfg.model, [2, 3]), build_discriminator(cfg.model, [2, 3], norm=cfg.d_norm)
+    fresh_g = {k: v.clone() for k, v in G.state_dict().items()}
+    line = apply_init(G, D, plan_init(cfg, tmp_path / "src"), target)
+    assert line.endswith(f"re-initialised (new conditions: vendor): {reinit}")
+    labels = generator_label_inputs(G)
+    assert labels
+    for k, v in G.state_dict().items():
+        if k in labels:
+            li = labels[k]  # rows: [offset (z) | vendor x, y | label a, b, c]
+            assert torch.equal(v.narrow(li.dim, 0, li.offset), g_src[k].narrow(li.dim, 0, li.offset))
+            assert torch.equal(v.narrow(li.dim, li.offset, 2), fresh_g[k].narrow(li.dim, li.offset, 2))
+            assert torch.equal(v.narrow(li.dim, li.offset + 2, 3), g_src[k].narrow(li.dim, li.offset, 3))
+        elif v.shape == g_src[k].shape:
+            assert torch.equal(v, g_src[k]), k
+    for k, v in D.state_dict().items():
+        if k.startswith(("class_heads.1.", "embeds.1.")):  # label: the source's attribute 0
+            assert torch.equal(v, d_src[k.replace(".1.", ".0.", 1)]), k
+        elif not k.startswith(("class_heads.0.", "embeds.0.")):
+            assert torch.equal(v, d_src[k]), k
+    G(torch.randn(2, cfg.model.z_dim), torch.tensor([[0, 2], [1, -1]]))  # still runs
+
+
+def test_an_unconditional_source_starts_a_conditional_run(tmp_path):
+    """D's adversarial head follows model.conditional (separate heads): re-initialised, named."""
+    src_cfg = load_config(TINY, ["model.conditional=false"])
+    g_src, d_src = _checkpoint_like(tmp_path / "src", src_cfg, {})
+    cfg = load_config(TINY)
+    G, D = build_generator(cfg.model, [3]), build_discriminator(cfg.model, [3], norm=cfg.d_norm)
+    line = apply_init(G, D, plan_init(cfg, tmp_path / "src"), {"label": ["a", "b", "c"]})
+    assert line.endswith(
+        "re-initialised (new conditions: label): G.net.0 (label inputs), D.adv_head, D.class_heads.0"
+    )
+    z = cfg.model.z_dim
+    assert torch.equal(G.state_dict()["net.0.weight"][:z], g_src["net.0.weight"])
+    assert all(torch.equal(v, d_src[k]) for k, v in D.state_dict().items() if k.startswith("trunk."))
