@@ -73,6 +73,16 @@ def train(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the config (YAML + --set, validated) and exit.")
     ] = False,
+    init_from: Annotated[
+        str | None,
+        typer.Option(
+            "--init-from",
+            metavar="RUN_OR_EXPORT",
+            help="Start from a trained run's weights (its latest checkpoint's G and D, or an exported "
+            "G: D then starts fresh): every tensor whose shape matches; conditioning layers of "
+            "attributes or values the corpus does not share are re-initialised. Step 0, new optimizers.",
+        ),
+    ] = None,
 ) -> None:
     """Train a GAN from a YAML config (under `accelerate launch` for several processes)."""
     import yaml
@@ -85,7 +95,13 @@ def train(
         return
     from ganscale.train.trainer import train as run_training
 
-    run_training(cfg, out if out is not None else Path("runs") / cfg.name, resume=resume, overwrite=overwrite)
+    run_training(
+        cfg,
+        out if out is not None else Path("runs") / cfg.name,
+        resume=resume,
+        overwrite=overwrite,
+        init_from=init_from,
+    )
 
 
 @app.command()

@@ -174,6 +174,12 @@ class TrainConfig:
     the same z). auto: on where allowed (n_critic 1, no accumulation); true: on, refused
     elsewhere; false: a no-grad fake for D, a fresh one for G. On, G's BatchNorm running stats
     (what the eval-mode EMA generator uses) get one update per step instead of two."""
+    freeze_d: int = 0
+    """FreezeD (Mo et al. 2020, StudioGAN's ``freeze_layers``): the first K blocks of D's trunk,
+    from the image side, are frozen (no gradient, so no optimizer step changes their weights),
+    e.g. when fine-tuning with ``--init-from``. A block is a convolution (or a resnet D's residual
+    block) with the norm and activation after it; BatchNorm running statistics still follow the
+    data. 0 = off; at most D's block count (refused above it, naming the maximum)."""
 
     def __post_init__(self) -> None:
         check(self.batch_size > 0, "train.batch_size", f"must be > 0, got {self.batch_size}")
@@ -188,6 +194,7 @@ class TrainConfig:
         check(self.grad_accum >= 1, "train.grad_accum", f"must be >= 1, got {self.grad_accum}")
         check(self.global_batch >= 0, "train.global_batch", f"must be >= 0, got {self.global_batch}")
         check(0 <= self.ema_decay < 1, "train.ema_decay", "must be in [0, 1)")
+        check(self.freeze_d >= 0, "train.freeze_d", f"must be >= 0 (0: off), got {self.freeze_d}")
         check(
             self.shared_fake is not True or (self.n_critic == 1 and self.grad_accum == 1),
             "train.shared_fake",

@@ -119,6 +119,8 @@ def resolve(cfg: Config, world: int, corpus: ResolvedCorpus | CorpusInfo) -> Pla
         )
     if cfg.data.in_memory and shards is not None:
         _check_memory(cfg, world, info)
+    if cfg.train.freeze_d:
+        _check_freeze_d(cfg)
     every = eval_interval(cfg)
     return Plan(
         cfg=cfg,
@@ -142,6 +144,18 @@ def _check_memory(cfg: Config, world: int, info: CorpusInfo) -> None:
     dc = cfg.data
     resampled = dc.resampled or info.num_shards < world * max(1, dc.num_workers)
     check_fits(info, cfg.model.image_size, world, 0, resampled, dc.in_memory_max_gb)
+
+
+def _check_freeze_d(cfg: Config) -> None:
+    """train.freeze_d: at most D's block count (counted from the image side)."""
+    from ganscale.models.conditioning import discriminator_block_count
+
+    blocks = discriminator_block_count(cfg.model)
+    if cfg.train.freeze_d > blocks:
+        raise GanscaleError(
+            f"config key train.freeze_d: {cfg.train.freeze_d} is more than D's {blocks} blocks "
+            f"({cfg.model.arch} at {cfg.model.image_size} px); use at most {blocks}"
+        )
 
 
 def _check_eval(cfg: Config, attributes: dict[str, list[str]]) -> Path:

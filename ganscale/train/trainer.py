@@ -49,6 +49,7 @@ from ganscale.train.faults import (
     agree,
     roll_back,
 )
+from ganscale.train.init_from import InitPlan, apply_init, plan_init
 from ganscale.train.noise import NoisePhase, NoiseSource, step_generator
 from ganscale.train.plan import Plan, plan_for
 from ganscale.train.reporting import STUDY_CONDITIONS, RunLog, build_outputs, say
@@ -104,9 +105,11 @@ class Trainer:
         batches: Iterable[Batch] | None = None,
         tracker: Tracker | None = None,
         metrics: MetricsFile | None = None,
+        init: InitPlan | None = None,
     ) -> None:
         from ganscale.data.loader import build_loader
         from ganscale.models import build_discriminator, build_generator
+        from ganscale.models.conditioning import freeze_discriminator_blocks
 
         cfg, batch = plan.cfg, plan.batch
         self.plan, self.cfg, self.run_dir, self.rt = plan, cfg, run_dir, rt
@@ -128,6 +131,9 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         G = build_generator(cfg.model, self.num_classes)
         D = build_discriminator(cfg.model, self.num_classes, norm=plan.d_norm)
+        if init is not None:  # --init-from: the source's matching weights (ganscale/train/init_from.py)
+            say(rt, apply_init(G, D, init, self.attributes))
+        freeze_discriminator_blocks(D, cfg.train.freeze_d)  # train.freeze_d: before the optimizer, DDP
         rt.setup(G, D)
         self.ema = EMA(rt.module("g"), cfg.train.ema_decay)
         self.noise = NoiseSource(
@@ -140,7 +146,8 @@ class Trainer:
         # stabilisers (augment.*, loss.lecam_*)
         self.augment = build_augmenter(cfg, rt, plan.augment_policy, plan.images_per_step)
         self.lecam = losses.LeCamEMA(cfg.loss.lecam_decay, rt.device) if cfg.loss.lecam_weight > 0 else None
-        self._d_params = list(rt.module("d").parameters())  # frozen for the G phase
+        # frozen for the G phase (train.freeze_d's frozen ones stay frozen)
+        self._d_params = [p for p in rt.module("d").parameters() if p.requires_grad]
         self.state = TrainState()
         self.meta = generator_meta(cfg, self.attributes)
 
@@ -396,11 +403,18 @@ class Trainer:
         self.report.close()
 
 
-def train(cfg: Config, run_dir: Path, resume: str | None = None, overwrite: bool = False) -> TrainResult:
+def train(
+    cfg: Config,
+    run_dir: Path,
+    resume: str | None = None,
+    overwrite: bool = False,
+    init_from: str | None = None,
+) -> TrainResult:
     """Train ``cfg`` into ``run_dir`` (created; the config is saved there).
 
     First the plan (:func:`~ganscale.train.plan.plan_for`: the batch plan, the corpus and its
-    attributes, every refusal of the config on this corpus and process count), then the run
+    attributes, every refusal of the config on this corpus and process count), then ``init_from``
+    (``--init-from``: the source's weights checked, :mod:`ganscale.train.init_from`), then the run
     folder's refusals (:func:`~ganscale.train.run_folder.plan_start`: a folder that holds a run
     needs ``resume`` or ``overwrite``; a resume into networks of other shapes is refused), agreed
     by every rank. Only then does ``--overwrite`` remove anything or ``--resume`` load anything.
@@ -408,6 +422,11 @@ def train(cfg: Config, run_dir: Path, resume: str | None = None, overwrite: bool
     rt = build_runtime(cfg)
     try:
         plan = plan_for(cfg, rt)
+        init = None
+        if init_from is not None:
+            init = agree(
+                rt, lambda: plan_init(cfg, init_from, run_dir=run_dir, resume=resume, overwrite=overwrite)
+            )
         start = agree(rt, lambda: plan_start(cfg, run_dir, resume, overwrite))
         if rt.is_main:
             if start.overwrite:
@@ -415,6 +434,6 @@ def train(cfg: Config, run_dir: Path, resume: str | None = None, overwrite: bool
             run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, run_dir / CONFIG)
         rt.barrier()
-        return Trainer(plan, run_dir, rt, resume=resume).run()
+        return Trainer(plan, run_dir, rt, resume=resume, init=init).run()
     finally:
         rt.end()
