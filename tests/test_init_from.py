@@ -24,6 +24,7 @@ from ganscale.outputs.tracking import read_metrics
 from ganscale.runtime import build_runtime
 from ganscale.train.checkpoint import list_checkpoints
 from ganscale.train.init_from import apply_init, plan_init
+from ganscale.train.plan import d_norm_of, plan_for
 from ganscale.train.trainer import Trainer, train
 
 TINY = REPO / "configs/tiny.yaml"
@@ -61,14 +62,14 @@ def _start(cfg, run_dir, source):
     """A Trainer started from ``source`` (the line it prints is captured by the caller)."""
     plan = plan_init(cfg, source, run_dir=run_dir)
     rt = build_runtime(cfg)
-    return Trainer(cfg, run_dir, rt, init=plan), rt
+    return Trainer(plan_for(cfg, rt), run_dir, rt, init=plan), rt
 
 
 def _fresh(cfg, num_classes):
     """G and D as the Trainer initialises them (same seed, same order)."""
     torch.manual_seed(cfg.seed)
     G = build_generator(cfg.model, num_classes)
-    return G.state_dict(), build_discriminator(cfg.model, num_classes, norm=cfg.d_norm).state_dict()
+    return G.state_dict(), build_discriminator(cfg.model, num_classes, norm=d_norm_of(cfg)).state_dict()
 
 
 def _source_weights(run):
@@ -213,7 +214,7 @@ def test_freeze_d_keeps_the_first_blocks_bit_identical(tmp_path, tiny_overrides)
     cfg = load_config(TINY, [*tiny_overrides, "train.freeze_d=1"])
     rt = build_runtime(cfg)
     try:
-        trainer = Trainer(cfg, tmp_path / "run", rt)
+        trainer = Trainer(plan_for(cfg, rt), tmp_path / "run", rt)
         D = rt.module("d")
         frozen = {id(p) for m in discriminator_blocks(D)[0] for p in m.parameters()}
         before = {k: p.detach().clone() for k, p in D.named_parameters()}
@@ -237,13 +238,18 @@ def test_freeze_d_keeps_the_first_blocks_bit_identical(tmp_path, tiny_overrides)
     assert {order[i] for i in opt["state"]} == set(order) - names
 
 
-def test_freeze_d_above_the_block_count_is_refused():
-    with pytest.raises(ConfigError) as e:
-        load_config(TINY, ["train.freeze_d=3"])
-    assert (
-        str(e.value)
-        == "config key train.freeze_d: 3 is more than D's 2 blocks (dcgan at 16 px); use at most 2"
-    )
+def test_freeze_d_above_the_block_count_is_refused(tmp_path, tiny_overrides, capsys):
+    """Refused by the plan (it needs the model's block count), before the run folder is made."""
+    out = tmp_path / "out"
+    args = ["train", str(TINY), "--out", str(out), *(f"--set={o}" for o in tiny_overrides)]
+    with pytest.raises(SystemExit) as e:
+        main([*args, "--set", "train.freeze_d=3"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert e.value.code == 2
+    assert err == (
+        "error: config key train.freeze_d: 3 is more than D's 2 blocks (dcgan at 16 px); use at most 2"
+    ), err
+    assert not out.exists()
     with pytest.raises(ConfigError, match="train.freeze_d: must be >= 0"):
         load_config(TINY, ["train.freeze_d=-1"])
     assert load_config(TINY, ["train.freeze_d=2"]).train.freeze_d == 2
@@ -253,7 +259,7 @@ def _checkpoint_like(folder, cfg, attributes):
     """A source folder as a checkpoint holds it (G, D, generator.json), random weights so that
     every copied tensor is told apart from a fresh one."""
     classes = [len(v) for v in attributes.values()]
-    G, D = build_generator(cfg.model, classes), build_discriminator(cfg.model, classes, norm=cfg.d_norm)
+    G, D = build_generator(cfg.model, classes), build_discriminator(cfg.model, classes, norm=d_norm_of(cfg))
     folder.mkdir()
     for name, net in (("G", G), ("D", D)):
         state = {k: torch.randn(v.shape) if v.is_floating_point() else v for k, v in net.state_dict().items()}
@@ -282,7 +288,7 @@ def test_a_shared_attribute_keeps_its_conditioning_rows(tmp_path, over, reinit):
     cfg = load_config(TINY, over)
     g_src, d_src = _checkpoint_like(tmp_path / "src", cfg, {"label": ["a", "b", "c"]})
     target = {"vendor": ["x", "y"], "label": ["a", "b", "c"]}
-    G, D = build_generator(cfg.model, [2, 3]), build_discriminator(cfg.model, [2, 3], norm=cfg.d_norm)
+    G, D = build_generator(cfg.model, [2, 3]), build_discriminator(cfg.model, [2, 3], norm=d_norm_of(cfg))
     fresh_g = {k: v.clone() for k, v in G.state_dict().items()}
     line = apply_init(G, D, plan_init(cfg, tmp_path / "src"), target)
     assert line.endswith(f"re-initialised (new conditions: vendor): {reinit}")
@@ -309,7 +315,7 @@ def test_an_unconditional_source_starts_a_conditional_run(tmp_path):
     src_cfg = load_config(TINY, ["model.conditional=false"])
     g_src, d_src = _checkpoint_like(tmp_path / "src", src_cfg, {})
     cfg = load_config(TINY)
-    G, D = build_generator(cfg.model, [3]), build_discriminator(cfg.model, [3], norm=cfg.d_norm)
+    G, D = build_generator(cfg.model, [3]), build_discriminator(cfg.model, [3], norm=d_norm_of(cfg))
     line = apply_init(G, D, plan_init(cfg, tmp_path / "src"), {"label": ["a", "b", "c"]})
     assert line.endswith(
         "re-initialised (new conditions: label): G.net.0 (label inputs), D.adv_head, D.class_heads.0"

@@ -188,10 +188,12 @@ def _target_shapes(cfg: Config, source_classes: list[int]) -> tuple[nn.Module, n
     """This config's G and D on the meta device (shapes only), with the source's class counts
     (any counts do: the label-indexed dims and per-attribute heads are not compared)."""
     from ganscale.models import build_discriminator, build_generator
+    from ganscale.train.plan import d_norm_of
 
     classes = (source_classes or [2]) if cfg.model.conditional else []
     with torch.device("meta"):
-        return build_generator(cfg.model, classes), build_discriminator(cfg.model, classes, norm=cfg.d_norm)
+        G = build_generator(cfg.model, classes)
+        return G, build_discriminator(cfg.model, classes, norm=d_norm_of(cfg))
 
 
 def _check_shapes(

@@ -412,21 +412,22 @@ def train(
 ) -> TrainResult:
     """Train ``cfg`` into ``run_dir`` (created; the config is saved there).
 
-    First the plan (:func:`~ganscale.train.plan.plan_for`: the batch plan, the corpus and its
-    attributes, every refusal of the config on this corpus and process count), then ``init_from``
-    (``--init-from``: the source's weights checked, :mod:`ganscale.train.init_from`), then the run
+    First ``init_from`` (``--init-from``: the source's weights checked,
+    :mod:`ganscale.train.init_from`), then the plan (:func:`~ganscale.train.plan.plan_for`: the
+    batch plan, the corpus and its attributes, every refusal of the config on this corpus and
+    process count), then the run
     folder's refusals (:func:`~ganscale.train.run_folder.plan_start`: a folder that holds a run
     needs ``resume`` or ``overwrite``; a resume into networks of other shapes is refused), agreed
     by every rank. Only then does ``--overwrite`` remove anything or ``--resume`` load anything.
     """
     rt = build_runtime(cfg)
     try:
-        plan = plan_for(cfg, rt)
-        init = None
+        init = None  # --init-from: the source is read (headers only) before the corpus is built
         if init_from is not None:
             init = agree(
                 rt, lambda: plan_init(cfg, init_from, run_dir=run_dir, resume=resume, overwrite=overwrite)
             )
+        plan = plan_for(cfg, rt)
         start = agree(rt, lambda: plan_start(cfg, run_dir, resume, overwrite))
         if rt.is_main:
             if start.overwrite:
