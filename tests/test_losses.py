@@ -193,16 +193,6 @@ def test_gp_square_d_matches_manual_interpolation() -> None:
 
 
 @pytest.mark.parametrize("kind", ["gp", "r1", "dragan"])
-def test_grad_scale_gives_same_penalty(kind: str) -> None:
-    D, real, fake = SquareD(0.4), images(), images(seed=1)
-    torch.manual_seed(3)
-    base = gradient_penalty(kind, D, real, fake, None)
-    torch.manual_seed(3)
-    scaled = gradient_penalty(kind, D, real, fake, None, grad_scale=65536.0)
-    torch.testing.assert_close(scaled, base, rtol=1e-5, atol=1e-7)
-
-
-@pytest.mark.parametrize("kind", ["gp", "r1", "dragan"])
 def test_penalty_trains_d(kind: str) -> None:
     D = SquareD(0.4)
     gradient_penalty(kind, D, images(), images(seed=1), None).backward()

@@ -155,6 +155,14 @@ class Runtime:
         inner.zero_grad(set_to_none=True)
         return norm
 
+    def skip_step(self, net: str) -> None:
+        """Drop ``net``'s pending update after a non-finite loss (faults.nan_policy skip or
+        rollback): zero its gradients and, under fp16, lower its loss scale as a step whose
+        gradients overflowed does (:func:`back_off`). Without that a scale too large for fp16
+        stays, and every later step is non-finite and skipped again."""
+        self.opt[net].zero_grad(set_to_none=True)
+        back_off(self.scalers[net])
+
     def sync_batchnorm(self, G: nn.Module, D: nn.Module) -> tuple[nn.Module, nn.Module]:
         """SyncBatchNorm when asked for (train.sync_batchnorm); Accelerate never converts, and
         on CPU (gloo) SyncBatchNorm does not run, so only CUDA with several processes."""
@@ -216,6 +224,18 @@ class Runtime:
     def end(self) -> None:
         # gloo aborts at exit 15-25% of the time unless garbage is collected before teardown.
         gc.collect()
+
+
+def back_off(scaler: torch.amp.GradScaler | None) -> None:
+    """What ``scaler.update()`` does after an overflow, for a step that never reached the
+    scaler: scale x backoff_factor, growth tracker 0 (through its public state dict, since
+    ``update()`` refuses to run without an ``unscale_``/``step`` of this iteration)."""
+    if scaler is None or not scaler.is_enabled():
+        return
+    state = scaler.state_dict()
+    state["scale"] = state["scale"] * state["backoff_factor"]
+    state["_growth_tracker"] = 0
+    scaler.load_state_dict(state)
 
 
 def contiguous_state(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -78,6 +78,7 @@ from ganscale.runtime.base import (
     BatchPlan,
     Runtime,
     amp_dtype,
+    back_off,
     collective_timeout,
     contiguous_state,
     make_adam,
@@ -284,6 +285,13 @@ class DeepSpeedRuntime(Runtime):
             value = engine.get_global_grad_norm()
             norm = torch.tensor(float(value) if value is not None else float("nan"))
         return (norm.detach().float() / scale).reshape(())
+
+    def skip_step(self, net: str) -> None:
+        """Drop the pending update (gradients and ZeRO's reduced partitions) and lower the
+        engine's fp16 loss scale, as an overflowing ``engine.step()`` would."""
+        self.opt[net].zero_grad(set_to_none=True)
+        back_off(self._gradscaler(net))
+        self._at_boundary[net] = False
 
     def loss_scale(self, net: str) -> float:
         scaler = self._gradscaler(net)

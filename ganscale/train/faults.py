@@ -229,7 +229,7 @@ class NanGuard:
                 f"{msg}; stopped (faults.nan_policy=stop). Resume from the last checkpoint "
                 f"with a lower lr, or set faults.nan_policy=rollback"
             )
-        self.rt.opt[net].zero_grad(set_to_none=True)
+        self.rt.skip_step(net)  # zero grads; fp16: the loss scale falls as on an overflow
         if policy == "rollback":
             raise Rollback(msg)
         self.state.skipped_steps += 1

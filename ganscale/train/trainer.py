@@ -231,7 +231,6 @@ class Trainer:
                             real,
                             fake,
                             real_labels,
-                            grad_scale=rt.loss_scale("d"),
                             generator=self.noise.generator(step, NoisePhase.PENALTY, critic, micro),
                         )
                         loss = loss + lc.penalty_weight * lc.penalty_every * pen
