@@ -149,7 +149,7 @@ class Runtime:
         norm = None
         if measure:
             grads = [p.grad for g in inner.param_groups for p in g["params"] if p.grad is not None]
-            norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+            norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=self.device)
         scaler.step(inner)
         scaler.update()
         inner.zero_grad(set_to_none=True)
@@ -246,5 +246,6 @@ def finite(*tensors: torch.Tensor) -> torch.Tensor:
     """A 0-dim bool tensor: are all values finite? (no host sync until read)."""
     if len(tensors) == 1:  # the per-phase loss check: two ops, not four
         return torch.isfinite(tensors[0]).all()
-    flags = [torch.isfinite(t).all() for t in tensors]
-    return torch.stack(flags).all() if flags else torch.tensor(True)
+    if not tensors:
+        raise ValueError("finite() needs at least one tensor (its answer lives on their device)")
+    return torch.stack([torch.isfinite(t).all() for t in tensors]).all()

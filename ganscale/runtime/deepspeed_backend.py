@@ -277,13 +277,18 @@ class DeepSpeedRuntime(Runtime):
         norm = None
         if measure and not engine.zero_optimization():
             grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
-            norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+            norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=self.device)
         engine.step()
         if not measure:
             return None
         if norm is None:
+            # ZeRO-1/2's norm: a float or a tensor, by DeepSpeed version; on the device either way
+            # (the metrics row stacks it with the step's other device tensors)
             value = engine.get_global_grad_norm()
-            norm = torch.tensor(float(value) if value is not None else float("nan"))
+            if isinstance(value, torch.Tensor):
+                norm = value.detach().to(self.device)
+            else:
+                norm = torch.tensor(float(value) if value is not None else float("nan"), device=self.device)
         return (norm.detach().float() / scale).reshape(())
 
     def skip_step(self, net: str) -> None:

@@ -54,15 +54,18 @@ def g_adversarial_loss(kind: str, fake_logits: Tensor) -> Tensor:
 # --------------------------------------------------------------------------- class (ACGAN)
 
 
-def class_loss(logits: list[Tensor], labels: Tensor | None, all_known: bool = False) -> Tensor:
+def class_loss(
+    logits: list[Tensor], labels: Tensor | None, all_known: bool = False, *, device: torch.device | str
+) -> Tensor:
     """Mean over attributes of the cross-entropy of each attribute, skipping labels of -1.
 
     An attribute whose labels in this batch are all -1 contributes 0 (not NaN). With no
-    attributes, a 0-dim zero tensor. ``all_known``: the labels hold no -1 (drawn fake labels),
+    attributes, a 0-dim zero tensor on ``device`` (an unconditional model has neither logits
+    nor labels to take it from, and the metrics row stacks it with the step's other tensors:
+    a CPU zero there fails on CUDA). ``all_known``: the labels hold no -1 (drawn fake labels),
     so each attribute's loss is a plain mean (the same value, without the masked counts).
     """
     if not logits or labels is None:
-        device = labels.device if labels is not None else None
         return torch.zeros((), device=device)
     if all_known:
         return torch.stack([F.cross_entropy(lg.float(), labels[:, i]) for i, lg in enumerate(logits)]).mean()

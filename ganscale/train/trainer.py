@@ -218,9 +218,9 @@ class Trainer:
                     real_logits, real_cls = rt.D(aug(real), real_labels)
                     fake_logits, fake_cls = rt.D(aug(fake.detach()), fake_labels)
                     adv = losses.d_adversarial_loss(cfg.loss.adversarial, real_logits, fake_logits)
-                    cls = losses.class_loss(real_cls, real_labels)
+                    cls = losses.class_loss(real_cls, real_labels, device=rt.device)
                     if cfg.loss.d_fake_class:
-                        cls = cls + losses.class_loss(fake_cls, fake_labels, all_known=True)
+                        cls = cls + losses.class_loss(fake_cls, fake_labels, all_known=True, device=rt.device)
                     cls = cfg.loss.class_weight * cls
                     loss = adv + cls
                     if penalty:  # of D after the augmentation (the plain D under it, as losses.py runs)
@@ -273,7 +273,9 @@ class Trainer:
                     fake, fake_labels = shared if shared is not None else (rt.G(z, fake_labels), fake_labels)
                     fake_logits, fake_cls = D(aug(fake), fake_labels)
                     adv = losses.g_adversarial_loss(cfg.loss.adversarial, fake_logits)
-                    cls = cfg.loss.class_weight * losses.class_loss(fake_cls, fake_labels, all_known=True)
+                    cls = cfg.loss.class_weight * losses.class_loss(
+                        fake_cls, fake_labels, all_known=True, device=rt.device
+                    )
                     loss = adv + cls
                     rt.backward(loss / accum, "g")
         finally:
