@@ -94,15 +94,25 @@ def class_accuracy(logits: list[Tensor], labels: Tensor) -> list[Tensor]:
 
 
 def plain_module(D: nn.Module) -> nn.Module:
-    """The network inside a training wrapper (DDP, a DeepSpeed engine), else ``D`` itself.
+    """The network inside its training wrappers (torch.compile, DDP, a DeepSpeed engine, in
+    any nesting), else ``D`` itself.
 
-    A wrapper is recognised by its shape, so this module needs neither DeepSpeed nor a process
+    ``torch.compile``'s module keeps the original in ``_orig_mod``: the penalty's double
+    backward must not run through it (AOTAutograd has no double backward). A DDP/DeepSpeed
+    wrapper is recognised by its shape, so this module needs neither DeepSpeed nor a process
     group: exactly one child, named ``module``, and no parameters of its own.
     """
-    inner = getattr(D, "_modules", {}).get("module")
-    if isinstance(inner, nn.Module) and len(D._modules) == 1 and not D._parameters:
-        return inner
-    return D
+    while True:
+        children = getattr(D, "_modules", {})
+        compiled = children.get("_orig_mod")
+        if isinstance(compiled, nn.Module) and len(children) == 1:
+            D = compiled
+            continue
+        inner = children.get("module")
+        if isinstance(inner, nn.Module) and len(children) == 1 and not D._parameters:
+            D = inner
+            continue
+        return D
 
 
 def _input_grad(D: nn.Module, x: Tensor, labels: Tensor | None) -> Tensor:
