@@ -16,7 +16,8 @@ import torch
 from conftest import REPO
 from distlib import has_deepspeed
 
-from ganscale.config import ModelConfig, load_config
+from ganscale.config import ModelConfig, config_from_dict, load_config
+from ganscale.errors import ConfigError
 from ganscale.models import build_discriminator
 from ganscale.runtime import build_runtime
 from ganscale.train.losses import gradient_penalty
@@ -84,14 +85,9 @@ def test_fp16_penalty_trains_with_the_real_trainer(tmp_path, corpus_cache, kind:
 
 BACKENDS = [
     pytest.param((), id="accelerate"),
-    pytest.param(
-        ("backend=deepspeed", "deepspeed.zero_stage=1"),
-        id="deepspeed-zero1",
-        marks=pytest.mark.skipif(not has_deepspeed(), reason="deepspeed not installed"),
-    ),
-    pytest.param(
-        ("backend=deepspeed", "deepspeed.zero_stage=2"),
-        id="deepspeed-zero2",
+    pytest.param(  # fp16 under DeepSpeed: stage 0 (ZeRO-1/2 refused, test below)
+        ("backend=deepspeed", "deepspeed.zero_stage=0"),
+        id="deepspeed-zero0",
         marks=pytest.mark.skipif(not has_deepspeed(), reason="deepspeed not installed"),
     ),
 ]
@@ -126,3 +122,24 @@ def test_a_skipped_step_lowers_the_fp16_loss_scale(tmp_path, corpus_cache, backe
     finally:
         trainer.close()
         rt.end()
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_fp16_under_zero_1_2_is_refused_in_one_line(stage: int) -> None:
+    """Each rank's GradScaler would see only its own gradient partition: ranks could disagree
+    on skipping a step and on the loss scale (issue 21, item 5). Refused before any side effect."""
+    with pytest.raises(ConfigError) as e:
+        config_from_dict(
+            {"backend": "deepspeed", "deepspeed": {"zero_stage": stage}, "train": {"mixed_precision": "fp16"}}
+        )
+    msg = str(e.value)
+    assert "\n" not in msg and "train.mixed_precision" in msg and f"ZeRO-{stage}" in msg
+    assert "bf16" in msg and "zero_stage=0" in msg
+    for ok in ({"zero_stage": stage, "mp": "bf16"}, {"zero_stage": 0, "mp": "fp16"}):
+        config_from_dict(
+            {
+                "backend": "deepspeed",
+                "deepspeed": {"zero_stage": ok["zero_stage"]},
+                "train": {"mixed_precision": ok["mp"]},
+            }
+        )

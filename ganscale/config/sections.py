@@ -44,8 +44,9 @@ class ModelConfig:
     g_blocks: int = 16
     """Residual blocks in the resnet G (SRResNet uses 16)."""
     d_norm: Literal["auto", "batch", "none"] = "auto"
-    """Normalisation in D; auto = batch, except none for WGAN-GP (per-sample penalty) and none
-    when spectral_norm covers D (SN-GAN)."""
+    """Normalisation in D; auto = batch, except none for WGAN-GP (per-sample penalty), none for
+    r1/dragan with train.sync_batchnorm (SyncBatchNorm has no double backward; batch is refused
+    there) and none when spectral_norm covers D (SN-GAN)."""
     head: Literal["shared", "separate", "classifier", "projection"] = "separate"
     """How D judges class: shared single-layer heads; the study's separate 3-layer heads;
     a separate classifier network; or a projection discriminator (Miyato & Koyama)."""
@@ -158,7 +159,8 @@ class TrainConfig:
     ema_decay: float = 0.999
     """EMA of G's weights, used for samples and export (0 disables)."""
     sync_batchnorm: bool = False
-    """Convert BatchNorm to SyncBatchNorm (CUDA multi-process only)."""
+    """Convert BatchNorm to SyncBatchNorm (CUDA multi-process only). With a gradient penalty
+    (gp, r1, dragan) D has no BatchNorm (model.d_norm auto): SyncBatchNorm has no double backward."""
     channels_last: bool = True
     """channels_last (NHWC) memory format for G, D and the real batches. On by default: measured
     1.10x (DCGAN) and 1.05x (ResNet ACGAN) faster in fp32 on CPU (docs/performance.md), and the
