@@ -143,3 +143,64 @@ def test_fp16_under_zero_1_2_is_refused_in_one_line(stage: int) -> None:
                 "train": {"mixed_precision": ok["mp"]},
             }
         )
+
+
+def test_cuda_settings_come_from_the_config() -> None:
+    """train.cudnn_benchmark and train.matmul_precision reach torch on CUDA, and nothing changes
+    on the CPU (the flags are process-wide: restored afterwards)."""
+    from ganscale.runtime.base import configure_cuda
+
+    saved = (
+        torch.backends.cudnn.benchmark,
+        torch.get_float32_matmul_precision(),
+        torch.backends.cudnn.allow_tf32,
+    )
+    try:
+        torch.backends.cudnn.benchmark = False
+        torch.set_float32_matmul_precision("highest")
+        configure_cuda(config_from_dict({}), torch.device("cpu"))
+        assert torch.backends.cudnn.benchmark is False and torch.get_float32_matmul_precision() == "highest"
+        configure_cuda(config_from_dict({}), torch.device("cuda", 0))  # the defaults: autotune, TF32
+        assert torch.backends.cudnn.benchmark is True and torch.get_float32_matmul_precision() == "high"
+        assert torch.backends.cudnn.allow_tf32 is True
+        exact = config_from_dict({"train": {"cudnn_benchmark": False, "matmul_precision": "highest"}})
+        configure_cuda(exact, torch.device("cuda", 0))
+        assert torch.backends.cudnn.benchmark is False and torch.get_float32_matmul_precision() == "highest"
+        assert torch.backends.cudnn.allow_tf32 is False
+    finally:
+        torch.backends.cudnn.benchmark = saved[0]
+        torch.set_float32_matmul_precision(saved[1])
+        torch.backends.cudnn.allow_tf32 = saved[2]
+
+
+def test_compile_under_deepspeed_is_refused_in_one_line() -> None:
+    """It was silently not applied (a warning at setup, issue 21, item 7)."""
+    with pytest.raises(ConfigError) as e:
+        config_from_dict({"backend": "deepspeed", "train": {"compile": True}})
+    assert (
+        "\n" not in str(e.value) and "train.compile" in str(e.value) and "backend=accelerate" in str(e.value)
+    )
+    assert config_from_dict({"backend": "accelerate", "train": {"compile": True}}).train.compile
+
+
+@pytest.mark.skipif(not has_deepspeed(), reason="deepspeed not installed")
+def test_zero2_engines_get_buckets_sized_to_their_network(tmp_path, corpus_cache) -> None:
+    cfg = load_config(
+        TINY,
+        [
+            f"data.cache_dir={corpus_cache}",
+            "backend=deepspeed",
+            "deepspeed.zero_stage=2",
+            "checkpoint.every=0",
+        ],
+    )
+    rt = build_runtime(cfg)
+    trainer = Trainer(cfg, tmp_path / "run", rt)
+    try:
+        for net in ("g", "d"):
+            n = sum(p.numel() for p in rt.module(net).parameters())
+            assert n <= rt.engines[net].zero_reduce_bucket_size() < n + 1024
+        trainer.step()
+    finally:
+        trainer.close()
+        rt.end()

@@ -67,6 +67,12 @@ class Config:
                 f"and on the loss scale; use bf16 (no loss scale), "
                 f"deepspeed.zero_stage=0 or backend=accelerate"
             )
+        if self.backend == "deepspeed" and self.train.compile:
+            raise ConfigError(
+                "config key train.compile: not applied under backend: deepspeed (its engines wrap "
+                "the modules with hooks torch.compile would trace through); use --set "
+                "train.compile=false, or backend=accelerate to compile"
+            )
         if self.model.head == "projection" and not self.model.conditional:
             raise ConfigError("config key model.head: projection needs model.conditional: true")
         every = self.faults.check_every

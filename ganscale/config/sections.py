@@ -164,10 +164,20 @@ class TrainConfig:
     channels_last: bool = True
     """channels_last (NHWC) memory format for G, D and the real batches. On by default: measured
     1.10x (DCGAN) and 1.05x (ResNet ACGAN) faster in fp32 on CPU (docs/performance.md), and the
-    layout cuDNN's bf16/fp16 tensor-core convolutions want on GPU."""
+    layout cuDNN's bf16/fp16 tensor-core convolutions want on GPU. Under backend: deepspeed the
+    weights stay NCHW (DeepSpeed flattens them; a channels_last weight fails in its
+    initialize): the batches, and so every activation, are channels_last."""
     compile: bool = False
     """torch.compile G and D. Off by default: on the 2-core CPU it gained ~5% after ~1-2 minutes
-    of compilation (docs/performance.md); turn it on for long GPU runs."""
+    of compilation (docs/performance.md); turn it on for long GPU runs. Refused under backend:
+    deepspeed (the engines are not compiled)."""
+    cudnn_benchmark: bool = True
+    """CUDA only: ``torch.backends.cudnn.benchmark`` (cuDNN times its convolution algorithms on
+    the first step of each shape and keeps the fastest; the shapes here never change). Turn it
+    off for bit-exact runs (with ``torch.use_deterministic_algorithms``)."""
+    matmul_precision: Literal["highest", "high", "medium"] = "high"
+    """CUDA only: ``torch.set_float32_matmul_precision`` for fp32 matmuls; high = TF32 (also for
+    cuDNN's fp32 convolutions, ``cudnn.allow_tf32``), highest = full fp32 everywhere."""
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = (
         "default"
     )

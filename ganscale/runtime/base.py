@@ -56,6 +56,16 @@ def make_adam(
     return torch.optim.Adam(params, lr=lr, betas=betas, **kwargs)
 
 
+def configure_cuda(cfg: Config, device: torch.device) -> None:
+    """On CUDA: cuDNN autotuning (``train.cudnn_benchmark``) and TF32 (``train.matmul_precision``:
+    fp32 matmuls, and cuDNN's fp32 convolutions unless "highest"). Nothing elsewhere."""
+    if device.type != "cuda":
+        return
+    torch.backends.cudnn.benchmark = cfg.train.cudnn_benchmark
+    torch.set_float32_matmul_precision(cfg.train.matmul_precision)
+    torch.backends.cudnn.allow_tf32 = cfg.train.matmul_precision != "highest"
+
+
 def collective_timeout(cfg: Config) -> timedelta:
     """How long one collective may wait for the other ranks (``faults.collective_timeout_s``):
     the process group's timeout, which gloo applies to every collective and NCCL's watchdog

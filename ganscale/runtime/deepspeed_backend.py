@@ -62,7 +62,6 @@ import contextlib
 import gc
 import json
 import logging
-import warnings
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -80,6 +79,7 @@ from ganscale.runtime.base import (
     amp_dtype,
     back_off,
     collective_timeout,
+    configure_cuda,
     contiguous_state,
     make_adam,
     unwinding,
@@ -207,6 +207,7 @@ class DeepSpeedRuntime(Runtime):
             self.device = torch.device("cuda", self.local_rank)
         else:
             self.device = torch.device("cpu")
+        configure_cuda(cfg, self.device)
         self.amp_dtype = amp_dtype(cfg.train.mixed_precision)
         # Loss scaling is the engines' (one GradScaler each); the base class's scalers stay off.
         self.scalers = {net: torch.amp.GradScaler(self.device.type, enabled=False) for net in NETS}
@@ -220,8 +221,6 @@ class DeepSpeedRuntime(Runtime):
 
         cfg = self.cfg
         G, D = self.sync_batchnorm(G, D)
-        if cfg.train.compile and self.is_main:
-            warnings.warn("train.compile is not applied under backend: deepspeed", stacklevel=2)
         G.to(self.device)
         D.to(self.device)
         # train.channels_last is not applied to the weights here: DeepSpeed broadcasts and
@@ -229,10 +228,12 @@ class DeepSpeedRuntime(Runtime):
         # deepspeed.initialize: "stride(-1) must be 1 to view Float as Byte"). The trainer's
         # channels_last batches still work; convolutions pick their layout from them.
         betas = (cfg.optim.beta1, cfg.optim.beta2)
-        config = ds_config(cfg, self.plan)
-        self.ds_config = config
         self.engines: dict[str, Any] = {}
         for net, model, lr in (("g", G, cfg.optim.g_lr), ("d", D, cfg.optim.d_lr)):
+            # ZeRO-1/2's buckets sized to this network (DeepSpeed's 5e8 elements: ~2 GB of buffers)
+            config = ds_config(cfg, self.plan, n_params=sum(p.numel() for p in model.parameters()))
+            if net == "d":
+                self.ds_config = config  # what deepspeed.json records (G's differs in bucket sizes only)
             opt = make_adam(model.parameters(), lr, betas, cfg.optim.impl, self.device)
             engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, config=config)
             self.engines[net] = engine
