@@ -212,6 +212,16 @@ class Runtime:
         torch.distributed.all_gather_object(out, obj)
         return out
 
+    def broadcast_object(self, obj: Any, src: int = 0) -> Any:
+        """Rank ``src``'s ``obj`` on every rank (pickled; one collective, none on one process).
+        Unlike :meth:`all_gather_object`, memory does not grow with the number of ranks."""
+        if self.world_size == 1:
+            return obj
+        box = [obj]
+        device = self.device if self.device.type == "cuda" else None
+        torch.distributed.broadcast_object_list(box, src=src, device=device)
+        return box[0]
+
     def barrier(self) -> None:
         if self.world_size > 1:
             torch.distributed.barrier()
