@@ -9,6 +9,7 @@ at step 1), and a step skipped for a non-finite loss never lowered that scale.
 from __future__ import annotations
 
 import math
+import os
 import warnings
 
 import pytest
@@ -145,9 +146,9 @@ def test_fp16_under_zero_1_2_is_refused_in_one_line(stage: int) -> None:
         )
 
 
-def test_cuda_settings_come_from_the_config() -> None:
-    """train.cudnn_benchmark and train.matmul_precision reach torch on CUDA, and nothing changes
-    on the CPU (the flags are process-wide: restored afterwards)."""
+def test_cuda_settings_come_from_the_config(monkeypatch) -> None:
+    """train.cudnn_benchmark, train.matmul_precision and train.deterministic reach torch on
+    CUDA, and nothing changes on the CPU (the flags are process-wide: restored afterwards)."""
     from ganscale.runtime.base import configure_cuda
 
     saved = (
@@ -167,7 +168,12 @@ def test_cuda_settings_come_from_the_config() -> None:
         configure_cuda(exact, torch.device("cuda", 0))
         assert torch.backends.cudnn.benchmark is False and torch.get_float32_matmul_precision() == "highest"
         assert torch.backends.cudnn.allow_tf32 is False
+        monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+        configure_cuda(config_from_dict({"train": {"deterministic": True}}), torch.device("cuda", 0))
+        assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.benchmark is False
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
     finally:
+        torch.use_deterministic_algorithms(False)
         torch.backends.cudnn.benchmark = saved[0]
         torch.set_float32_matmul_precision(saved[1])
         torch.backends.cudnn.allow_tf32 = saved[2]
@@ -201,6 +207,25 @@ def test_zero2_engines_get_buckets_sized_to_their_network(tmp_path, corpus_cache
             n = sum(p.numel() for p in rt.module(net).parameters())
             assert n <= rt.engines[net].zero_reduce_bucket_size() < n + 1024
         trainer.step()
+    finally:
+        trainer.close()
+        rt.end()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_the_suite_trains_on_the_gpu_deterministically(tmp_path, corpus_cache) -> None:
+    """On a CUDA machine nothing forces the CPU (tests/conftest.py), and the tests' tiny config
+    turns deterministic kernels on, which the bit-exact resume tests rely on there."""
+    assert os.environ.get("DS_ACCELERATOR") != "cpu"
+    cfg = load_config(TINY, [f"data.cache_dir={corpus_cache}", "checkpoint.every=0", "log.sample_every=0"])
+    rt = build_runtime(cfg)
+    trainer = Trainer(cfg, tmp_path / "run", rt)
+    try:
+        assert rt.device.type == "cuda" and cfg.train.deterministic
+        assert torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.benchmark
+        record = trainer.step()
+        assert math.isfinite(float(record["loss/d"])) and record["loss/d_class"].device.type == "cuda"
     finally:
         trainer.close()
         rt.end()

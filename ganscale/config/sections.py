@@ -175,6 +175,11 @@ class TrainConfig:
     """CUDA only: ``torch.backends.cudnn.benchmark`` (cuDNN times its convolution algorithms on
     the first step of each shape and keeps the fastest; the shapes here never change). Turn it
     off for bit-exact runs (with ``torch.use_deterministic_algorithms``)."""
+    deterministic: bool = False
+    """CUDA only: deterministic kernels (``torch.use_deterministic_algorithms``, warning where an
+    op has none; ``CUBLAS_WORKSPACE_CONFIG=:4096:8``; cuDNN autotuning off), so a resumed run
+    equals an uninterrupted one bit for bit on the GPU as on the CPU. Slower; configs/tiny.yaml
+    (what the tests train) turns it on."""
     matmul_precision: Literal["highest", "high", "medium"] = "high"
     """CUDA only: ``torch.set_float32_matmul_precision`` for fp32 matmuls; high = TF32 (also for
     cuDNN's fp32 convolutions, ``cudnn.allow_tf32``), highest = full fp32 everywhere."""

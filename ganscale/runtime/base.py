@@ -58,12 +58,21 @@ def make_adam(
 
 def configure_cuda(cfg: Config, device: torch.device) -> None:
     """On CUDA: cuDNN autotuning (``train.cudnn_benchmark``) and TF32 (``train.matmul_precision``:
-    fp32 matmuls, and cuDNN's fp32 convolutions unless "highest"). Nothing elsewhere."""
+    fp32 matmuls, and cuDNN's fp32 convolutions unless "highest"); with ``train.deterministic``,
+    deterministic kernels instead of autotuning (cuBLAS workspace, deterministic algorithms where
+    torch has them, a warning where it has none). Nothing elsewhere (the CPU is deterministic)."""
     if device.type != "cuda":
         return
-    torch.backends.cudnn.benchmark = cfg.train.cudnn_benchmark
+    from ganscale.runtime.env import deterministic_cublas
+
     torch.set_float32_matmul_precision(cfg.train.matmul_precision)
     torch.backends.cudnn.allow_tf32 = cfg.train.matmul_precision != "highest"
+    if cfg.train.deterministic:
+        deterministic_cublas()
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False  # the autotuner's choice may differ between runs
+    else:
+        torch.backends.cudnn.benchmark = cfg.train.cudnn_benchmark
 
 
 def collective_timeout(cfg: Config) -> timedelta:
