@@ -173,8 +173,10 @@ class FaultConfig:
     max_rollbacks: int = 3
     """Rollbacks allowed in a run; one more non-finite step then stops with an error."""
     check_every: int = 1
-    """Read the NaN/inf flag on the host every N steps. 1: every phase of every step (the
-    fault is caught at the step it happens, at the cost of one host-device sync per phase).
+    """Read the NaN/inf flag on the host every N steps. 1: every step (the fault is caught at
+    the step it happens, at the cost of one host-device sync per step: under stop and rollback
+    D's flag is read with G's, D's update being discarded anyway; skip reads D's before D's
+    update, a second sync).
     N > 1: the flag accumulates on the device and is read every N steps, so the other steps
     never wait for the GPU; needs nan_policy stop or rollback (an update already applied
     cannot be skipped) and checkpoint.every a multiple of N (never checkpoint unchecked steps)."""

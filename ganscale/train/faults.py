@@ -201,12 +201,13 @@ class NanGuard:
         self.nan = torch.full((), float("nan"), device=dev)
         self._rank1 = torch.tensor(float(rt.rank + 1), device=dev)
         self._pending: torch.Tensor | None = None  # "non-finite since the last check", not yet read
+        self._pending_d: torch.Tensor | None = None  # D's share of it, while D's check waits for G's
         self.skipped = False
         """Did the current step drop an update? (the trainer reads and resets it per step)"""
 
     def reset(self) -> None:
         """Forget unchecked flags (after a rollback: those steps are undone)."""
-        self._pending, self.skipped = None, False
+        self._pending, self._pending_d, self.skipped = None, None, False
 
     def check(self, loss: torch.Tensor, net: str, step: int) -> bool:
         """True: apply the update. False: it was dropped (skip). Raises under stop/rollback and
@@ -214,16 +215,28 @@ class NanGuard:
         every = self.cfg.check_every
         bad = ~finite(loss)
         self._pending = bad if self._pending is None else self._pending | bad
+        if net == "d" and every == 1 and self.cfg.nan_policy != "skip":
+            # stop and rollback discard D's update anyway: its flag is read with G's (one host
+            # read per step, not one per phase); skip must see it before D's update
+            self._pending_d = bad if self._pending_d is None else self._pending_d | bad
+            return True
         if every > 1 and (step + 1) % every:
             return True
+        pending_d, self._pending_d = self._pending_d, None
         n_bad, rank_sum = self._agree(step)
         if not n_bad:
             return True
+        who = net  # D's fault when its deferred flag is set on a rank (read, and agreed, only now:
+        if pending_d is not None:  # D's bad update may have spread to every rank's G loss since)
+            d = pending_d.float()
+            n_d, sum_d = sum_over_ranks(self.rt, torch.stack([d, d * self._rank1]))
+            if n_d:
+                who, n_bad, rank_sum = "d", n_d, sum_d
         policy = self.cfg.nan_policy
         when = f"step {step + 1}" if every == 1 else f"steps {step + 2 - every}-{step + 1}"
-        msg = f"non-finite {net.upper()} loss at {when}{which_ranks(self.rt, n_bad, rank_sum)}"
+        msg = f"non-finite {who.upper()} loss at {when}{which_ranks(self.rt, n_bad, rank_sum)}"
         self.tracker.alert("non_finite", msg)
-        self.metrics.write({"step": step + 1, "event": "non_finite", "net": net, "policy": policy})
+        self.metrics.write({"step": step + 1, "event": "non_finite", "net": who, "policy": policy})
         if policy == "stop":
             raise NonFiniteLoss(
                 f"{msg}; stopped (faults.nan_policy=stop). Resume from the last checkpoint "
