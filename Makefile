@@ -24,11 +24,12 @@ demo: install
 	  --tags "aqua hair orange eyes; blue hair blue eyes; blue hair red eyes; green hair blue eyes; pink hair green eyes; blonde hair purple eyes"
 	@echo "demo grid: runs/quickstart/demo-grid.png"
 
+# DS_ACCELERATOR=cpu is set by tests/conftest.py only where CUDA is not available.
 test: install
-	WANDB_MODE=offline DS_ACCELERATOR=cpu $(VENV)/bin/pytest --durations=20 $(PYTEST_ARGS)
+	WANDB_MODE=offline $(VENV)/bin/pytest --durations=20 $(PYTEST_ARGS)
 
 test-fast: install
-	WANDB_MODE=offline DS_ACCELERATOR=cpu $(VENV)/bin/pytest -m "not slow and not slurm" $(PYTEST_ARGS)
+	WANDB_MODE=offline $(VENV)/bin/pytest -m "not slow and not slurm" $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

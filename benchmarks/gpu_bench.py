@@ -16,6 +16,10 @@ summary is printed and written to ``OUT/summary.md``. On a GPU machine:
 
     .venv/bin/python benchmarks/gpu_bench.py --out runs/gpu-bench
     .venv/bin/python benchmarks/gpu_bench.py --sections loader --out runs/gpu-bench   # one part
+    .venv/bin/python benchmarks/gpu_bench.py --sections models --models dcgan --variants fp32,+compile
+
+(``benchmarks/gpu_check.sh`` is the 7-minute subset: three DCGAN variants, the study configs'
+short trainings, the loader, the gpu tests.)
 
 On a CPU (slow: seconds per step) pass ``--steps 3 --warmup 1 --batch 64`` and pick sections.
 """
@@ -104,7 +108,11 @@ def section_models(args: argparse.Namespace) -> list[str]:
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for model, config in MODELS.items():
+        if model not in args.models:
+            continue
         for name, over in VARIANTS.items():
+            if name not in args.variants:
+                continue
             r = bench(config, [*over, f"train.batch_size={args.batch}"], args, "--baseline-fp32")
             args.best_rate = max(args.best_rate, r.get("images_per_s", 0) or 0)
             if "error" in r:
@@ -196,8 +204,20 @@ def main() -> None:
     ap.add_argument("--synthetic-n", type=int, default=20000, help="images in the loader's corpus")
     ap.add_argument("--scaling-variant", default="+compile", choices=list(VARIANTS))
     ap.add_argument("--threads", type=int, default=0, help="torch threads per bench (0: default)")
+    ap.add_argument(
+        "--variants", default=",".join(VARIANTS), help=f"models section: comma list of {', '.join(VARIANTS)}"
+    )
+    ap.add_argument(
+        "--models", default=",".join(MODELS), help=f"models section: comma list of {', '.join(MODELS)}"
+    )
     ap.add_argument("--cache-dir", type=Path, default=REPO / ".cache/ganscale")
     args = ap.parse_args()
+    for key, known in (("variants", VARIANTS), ("models", MODELS)):
+        chosen = [v.strip() for v in getattr(args, key).split(",") if v.strip()]
+        unknown = [v for v in chosen if v not in known]
+        if unknown:
+            ap.error(f"--{key}: unknown {', '.join(unknown)}; choose from {', '.join(known)}")
+        setattr(args, key, chosen)
     args.out.mkdir(parents=True, exist_ok=True)
     args.best_rate = 0.0
     summary: list[str] = []

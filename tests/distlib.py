@@ -29,7 +29,10 @@ def env(**extra: str) -> dict[str, str]:
     e.update(
         {
             "PATH": f"{BIN}{os.pathsep}{e.get('PATH', '')}",
+            # these tests run N CPU ranks (gloo) on any machine: one GPU cannot hold two ranks,
+            # so CUDA is hidden from them (the gpu-marked tests are where the GPU is tested)
             "DS_ACCELERATOR": "cpu",
+            "CUDA_VISIBLE_DEVICES": "",
             "WANDB_MODE": "offline",
             "WANDB_SILENT": "true",
             "OMP_NUM_THREADS": "1",

@@ -174,3 +174,24 @@ def test_trainer_resumes_exactly_with_device_augmentation_in_memory(tmp_path, co
         a = load_file(str(tmp_path / "straight/checkpoints/step-0000006" / f))
         b = load_file(str(tmp_path / "split/checkpoints/step-0000006" / f))
         assert all(torch.equal(a[k], b[k]) for k in a), f
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_warp_on_cuda_sends_its_parameters_without_a_blocking_copy():
+    """The flip mask and the warp's matrices go to the GPU from pinned memory, asynchronously
+    (issue 21, item 6): under sync debug mode "error" a blocking host-to-device copy raises.
+    The result is the CPU's (float rounding of grid_sample apart)."""
+    rng = np.random.default_rng(0)
+    x = to_unit_range(torch.from_numpy(rng.integers(0, 256, (6, 3, S, S), dtype=np.uint8)))
+    params = torch.tensor([[1, 3.0], [0, -4.5], [0, 0.0], [1, 0.0], [1, -1.0], [0, 2.0]])
+    flips = torch.tensor([[1, 0.0], [0, 0.0], [1, 0.0], [0, 0.0], [1, 0.0], [0, 0.0]])
+    xc = x.cuda()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        rotated, flipped = warp(xc, params), warp(xc, flips)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.testing.assert_close(rotated.cpu(), warp(x, params), rtol=1e-5, atol=1e-5)
+    assert torch.equal(flipped.cpu(), warp(x, flips))

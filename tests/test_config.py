@@ -118,3 +118,16 @@ def test_yaml_1_1_quirks_are_read_as_meant(tmp_path):
     cfg = load_config(path)
     assert cfg.optim.g_lr == pytest.approx(2e-4) and cfg.train.mixed_precision == "no"
     assert cfg.log.every == Config().log.every  # an empty section keeps its defaults
+
+
+@pytest.mark.parametrize("penalty", ["r1", "dragan"])
+def test_sync_batchnorm_with_a_double_backward_penalty_keeps_batchnorm_out_of_d(penalty):
+    """SyncBatchNorm has no double backward (issue 21, item 4): d_norm auto resolves to none
+    there, an explicit batch is refused in one line naming what works."""
+    base = ["train.sync_batchnorm=true", f"loss.penalty={penalty}"]
+    assert load_config("configs/tiny.yaml", base).d_norm == "none"
+    assert load_config("configs/tiny.yaml", [f"loss.penalty={penalty}"]).d_norm == "batch"
+    with pytest.raises(ConfigError) as e:
+        load_config("configs/tiny.yaml", [*base, "model.d_norm=batch"])
+    assert "\n" not in str(e.value) and "SyncBatchNorm has no double backward" in str(e.value)
+    assert "model.d_norm=auto" in str(e.value)

@@ -60,7 +60,7 @@ def test_launch_json_files_are_what_the_backend_builds(stage):
             "train": {"mixed_precision": "bf16", "batch_size": 32, "grad_accum": 2},
         }
     )
-    built = ds_config(cfg, BatchPlan.of(cfg, world_size=8))
+    built = ds_config(cfg, BatchPlan.of(cfg, world_size=8), n_params=3_500_000)
 
     def check(ship: dict, got: dict, where: str) -> None:
         for k, v in ship.items():
@@ -77,6 +77,11 @@ def test_launch_json_files_are_what_the_backend_builds(stage):
     check(shipped, built, "")
     assert built["train_batch_size"] == 32 * 2 * 8
     assert built["torch_autocast"] == {"enabled": True, "dtype": "bfloat16"}
+    # ZeRO-1/2 buckets sized to the network (DeepSpeed's 5e8 default: ~2 GB of buffers per engine)
+    assert built["zero_optimization"]["reduce_bucket_size"] == 3_500_032  # 3.5e6 up to a multiple of 1024
+    assert built["zero_optimization"]["allgather_bucket_size"] == 3_500_032
+    huge = ds_config(cfg, BatchPlan.of(cfg, world_size=8), n_params=10**9)
+    assert huge["zero_optimization"]["reduce_bucket_size"] == 500_000_000
 
 
 def test_user_deepspeed_json_merges_and_cannot_contradict(tmp_path):

@@ -262,6 +262,9 @@ class _ThreadGather:
                 outer.barrier.wait()
                 return out
 
+            def broadcast_object(self, obj, src=0):
+                return self.all_gather_object(obj)[src]
+
         return View()
 
 
@@ -315,6 +318,44 @@ def test_training_evaluator_gives_the_same_numbers_on_two_ranks(run):
     for t in threads:
         t.join(timeout=120)
     assert results[0] == results[1]
+    for k in single:
+        if k != "eval/seconds":
+            assert results[0][k] == pytest.approx(single[k], rel=1e-5, abs=1e-6), k
+
+
+def test_every_rank_measures_in_rank_0s_classifier_space(run, tmp_path):
+    """Nodes without a shared cache (issue 21, item 9): rank 1's corpus folder holds another
+    classifier (here: rank 0's with perturbed weights). Rank 1 must use rank 0's, so both
+    ranks' numbers are the single process's; each rank used its own folder's before."""
+    from safetensors.torch import load_file, save_file
+
+    from ganscale.evaluation.classifier import META, WEIGHTS
+
+    cfg, G, meta, folder = _evaluator(run)
+    single = TrainingEvaluator(cfg, meta["attributes"], folder, "cpu", log=lambda *_: None).evaluate(
+        G, 1, Runtime()
+    )
+    other = tmp_path / "node1-cache"
+    other.mkdir()
+    weights = {k: (v * 1.5 if v.is_floating_point() else v) for k, v in load_file(folder / WEIGHTS).items()}
+    save_file(weights, str(other / WEIGHTS))
+    (other / META).write_text((folder / META).read_text())
+    gather = _ThreadGather(2)
+    evs = [
+        TrainingEvaluator(cfg, meta["attributes"], f, "cpu", rank=r, world_size=2, log=lambda *_: None)
+        for r, f in ((0, folder), (1, other))
+    ]
+    results = [None, None]
+
+    def work(r):
+        results[r] = evs[r].evaluate(G if r == 0 else load_generator(run)[0], 1, gather.rank_view(r))
+
+    threads = [threading.Thread(target=work, args=(r,)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert results[0] is not None and results[0] == results[1]
     for k in single:
         if k != "eval/seconds":
             assert results[0][k] == pytest.approx(single[k], rel=1e-5, abs=1e-6), k

@@ -124,6 +124,33 @@ def test_check_every_rolls_back_past_the_nan(tmp_path, tiny_overrides):
     assert all(torch.isfinite(p).all() for p in trainer.rt.module("g").parameters())
 
 
+@pytest.mark.parametrize("policy,reads", [("stop", 3), ("rollback", 3), ("skip", 6)])
+def test_check_every_1_reads_the_flag_once_per_step(tmp_path, tiny_overrides, policy, reads):
+    """faults.check_every 1 (issue 21, item 7): under stop and rollback D's update is thrown
+    away anyway, so its flag is read with G's, one host read per step (there were two); skip
+    must still read D's before D's update. A D fault is still reported as D's, at its step."""
+    cfg = load_config(
+        TINY, [*tiny_overrides, "train.max_steps=3", "checkpoint.every=3", f"faults.nan_policy={policy}"]
+    )
+    rt = build_runtime(cfg)
+    (tmp_path / "run").mkdir()
+    trainer = Trainer(cfg, tmp_path / "run", rt)
+    agreed = []
+    read = trainer.guard._agree
+    trainer.guard._agree = lambda step: agreed.append(step) or read(step)  # count the host reads
+    try:
+        for _ in range(3):
+            trainer.step()
+        assert len(agreed) == reads
+        if policy == "stop":  # G's output NaN at step 4: D's loss is the non-finite one
+            rt.module("g").register_forward_hook(lambda m, a, out: out * float("nan"))
+            with pytest.raises(NonFiniteLoss, match="non-finite D loss at step 4"):
+                trainer.step()
+    finally:
+        trainer.close()
+        rt.end()
+
+
 @pytest.mark.parametrize("overrides", [["faults.nan_policy=skip"], ["checkpoint.every=3"]])
 def test_check_every_refuses_unsafe_settings(tiny_overrides, overrides):
     with pytest.raises(ConfigError, match="check_every"):

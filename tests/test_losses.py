@@ -75,14 +75,14 @@ def test_unknown_kind_rejected() -> None:
 def test_class_loss_uniform_logits() -> None:
     logits = [torch.zeros(4, 12), torch.zeros(4, 10)]
     labels = torch.tensor([[0, 1], [3, 2], [11, 9], [5, 0]])
-    close(class_loss(logits, labels), (math.log(12) + math.log(10)) / 2)
+    close(class_loss(logits, labels, device="cpu"), (math.log(12) + math.log(10)) / 2)
 
 
 def test_class_loss_ignores_unknown() -> None:
     lg = torch.tensor([[5.0, 0.0], [0.0, 5.0], [100.0, -100.0]])
     labels = torch.tensor([[0], [0], [-1]])  # the -1 row would add a huge loss if counted
     ce = lambda a, b: -torch.log_softmax(torch.tensor([a, b]), 0)[0].item()  # noqa: E731
-    close(class_loss([lg], labels), (ce(5.0, 0.0) + ce(0.0, 5.0)) / 2)
+    close(class_loss([lg], labels, device="cpu"), (ce(5.0, 0.0) + ce(0.0, 5.0)) / 2)
 
 
 def test_class_loss_all_known_equals_masked() -> None:
@@ -93,7 +93,7 @@ def test_class_loss_all_known_equals_masked() -> None:
     for known in (False, True):
         logits = [torch.randn(16, n, generator=torch.Generator().manual_seed(n)) for n in (12, 10)]
         logits = [lg.requires_grad_() for lg in logits]
-        loss = class_loss(logits, labels, all_known=known)
+        loss = class_loss(logits, labels, all_known=known, device="cpu")
         loss.backward()
         grads.append((loss.detach(), [lg.grad for lg in logits]))
     torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-6, atol=0)
@@ -102,20 +102,24 @@ def test_class_loss_all_known_equals_masked() -> None:
 
 
 def test_class_loss_all_unknown_is_zero_not_nan() -> None:
-    loss = class_loss([torch.randn(3, 4, requires_grad=True)], torch.full((3, 1), -1))
+    loss = class_loss([torch.randn(3, 4, requires_grad=True)], torch.full((3, 1), -1), device="cpu")
     close(loss, 0.0)
     loss.backward()
 
 
 def test_class_loss_no_attributes() -> None:
-    loss = class_loss([], torch.zeros(4, 0, dtype=torch.long))
+    loss = class_loss([], torch.zeros(4, 0, dtype=torch.long), device="cpu")
     assert loss.dim() == 0 and loss.item() == 0.0
-    assert class_loss([], None).item() == 0.0
+    assert class_loss([], None, device="cpu").item() == 0.0
+    # an unconditional model's zero is made where the losses live (it was always a CPU zero,
+    # which the metrics row's torch.stack refused beside CUDA tensors): "meta" shows it here
+    assert class_loss([], None, device="meta").device.type == "meta"
 
 
 def test_class_loss_bf16_is_float32() -> None:
     assert (
-        class_loss([torch.randn(4, 3).bfloat16()], torch.zeros(4, 1, dtype=torch.long)).dtype == torch.float32
+        class_loss([torch.randn(4, 3).bfloat16()], torch.zeros(4, 1, dtype=torch.long), device="cpu").dtype
+        == torch.float32
     )
 
 
@@ -190,16 +194,6 @@ def test_gp_square_d_matches_manual_interpolation() -> None:
     x = alpha * real + (1 - alpha) * fake
     expected = ((2 * a * x).flatten(1).norm(dim=1) - 1).pow(2).mean()
     close(got, expected.item())
-
-
-@pytest.mark.parametrize("kind", ["gp", "r1", "dragan"])
-def test_grad_scale_gives_same_penalty(kind: str) -> None:
-    D, real, fake = SquareD(0.4), images(), images(seed=1)
-    torch.manual_seed(3)
-    base = gradient_penalty(kind, D, real, fake, None)
-    torch.manual_seed(3)
-    scaled = gradient_penalty(kind, D, real, fake, None, grad_scale=65536.0)
-    torch.testing.assert_close(scaled, base, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("kind", ["gp", "r1", "dragan"])

@@ -26,7 +26,7 @@ def _need_slurm():
     need_slurm()
 
 
-def submit(folder: Path, cache: Path, *sets: str) -> str:
+def submit(folder: Path, cache: Path, *sets: str, tasks: tuple[str, ...] = ("--ntasks=2",)) -> str:
     args = [
         str(REPO / "configs" / "tiny.yaml"),
         "--out",
@@ -41,7 +41,7 @@ def submit(folder: Path, cache: Path, *sets: str) -> str:
             "sbatch",
             "--parsable",
             "--nodes=1",
-            "--ntasks=2",
+            *tasks,
             f"--output={folder}/job-%j.out",
             f"--chdir={REPO}",
             str(SBATCH),
@@ -80,17 +80,31 @@ def job_log(folder: Path) -> str:
 
 
 def test_sbatch_two_tasks_trains_to_the_end(tmp_path, corpus_cache):
-    job_id = submit(tmp_path, corpus_cache)
+    job_id = submit(tmp_path, corpus_cache, tasks=("--ntasks=2", "--cpus-per-task=1"))
     info = wait_for(job_id, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"}, 240, tmp_path / "x")
     log = job_log(tmp_path)
     assert info["JobState"] == "COMPLETED", log[-4000:]
     assert "2 machine(s)" in log and "machine 1/2" in log
+    # srun does not take the job's --cpus-per-task by itself (Slurm >= 22.05): the script passes it
+    assert "srun --kill-on-bad-exit=1 --cpus-per-task=1" in log and "1 process(es), 1 cpu(s)" in log
     run = tmp_path / "run"
     assert (run / "checkpoints" / "step-0000006" / "state.json").is_file()
     assert (run / "samples" / "step-0000006.png").is_file()
     assert (run / "generator.safetensors").is_file()
     rows = [r for r in metrics(run) if "event" not in r]
     assert rows[-1]["step"] == 6 and rows[-1]["images_seen"] == 6 * 8 * 2  # two processes
+
+
+def test_more_than_one_task_per_node_is_refused_before_anything_starts(tmp_path, corpus_cache):
+    """Each task launches one process per GPU of its machine: two tasks per node would double
+    the world size and share the GPUs (a hang until the collective timeout). One clear line."""
+    job_id = submit(tmp_path, corpus_cache, tasks=("--ntasks-per-node=2",))
+    info = wait_for(job_id, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"}, 60, tmp_path / "x")
+    log = job_log(tmp_path)
+    assert info["JobState"] == "FAILED" and info["ExitCode"].startswith("2:"), log[-2000:]
+    assert "error: --ntasks-per-node=2: this script runs ONE task per machine" in log
+    assert "--ntasks-per-node=1" in log.split("error:", 1)[1].splitlines()[0]
+    assert not (tmp_path / "run").exists() and "machine 0/" not in log
 
 
 def test_preemption_checkpoints_requeues_and_resumes(tmp_path, corpus_cache):

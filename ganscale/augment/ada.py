@@ -113,8 +113,9 @@ class NoAugment:
         return x
 
     def discriminator(self, D: nn.Module, plain: nn.Module) -> nn.Module:
-        """What the gradient penalty differentiates: ``D`` itself here."""
-        return D
+        """What the gradient penalty differentiates: the plain network itself here (not a
+        compiled or DDP-wrapped ``D``: the penalty's double backward runs on ``plain``)."""
+        return plain
 
     def observe_real(self, real_logits: Tensor) -> None:
         pass

@@ -70,14 +70,25 @@ def warp(images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
     if not rotated:
         if not flip.any().item():
             return images
-        mask = flip.to(images.device).view(-1, 1, 1, 1)
+        mask = to_device(flip, images.device).view(-1, 1, 1, 1)
         return torch.where(mask, images.flip(-1), images)
     _, _, h, w = images.shape
-    theta = affine_theta(host, h, w).to(images.device)
+    theta = to_device(affine_theta(host, h, w), images.device)
     x = images if images.dtype in (torch.float32, torch.float64) else images.float()
     grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
     out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
     return out.to(images.dtype)
+
+
+def to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small host tensor (the flips, the warp's matrices) on ``device`` without making the
+    host wait for the GPU: on CUDA through pinned memory with ``non_blocking`` (a pageable
+    ``.to()`` waits for the copy, and with it for every kernel queued before it, once per
+    micro-batch). The CUDA caching host allocator keeps the pinned block until the copy has
+    run, so the temporary may go out of scope at once. Elsewhere a plain ``.to()``."""
+    if device.type != "cuda":
+        return host.to(device)
+    return host.pin_memory().to(device, non_blocking=True)
 
 
 def to_unit_range(images: torch.Tensor) -> torch.Tensor:

@@ -133,7 +133,8 @@ class DeepSpeedConfig:
     """DeepSpeed ZeRO settings (used when backend: deepspeed)."""
 
     zero_stage: int = 2
-    """ZeRO stage 0, 1, 2 or 3."""
+    """ZeRO stage 0, 1, 2 or 3 (3 refused). fp16 needs stage 0: under ZeRO-1/2 each rank's
+    GradScaler would check only its own gradient partition (refused; bf16 works on every stage)."""
     config: str = ""
     """A DeepSpeed JSON merged over the config ganscale builds (e.g. overlap_comm, bucket
     sizes). Keys ganscale owns (batch sizes, accumulation, stage, precision) may only repeat

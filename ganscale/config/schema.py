@@ -15,6 +15,9 @@ import ganscale.config.sections as sections
 from ganscale.config.sections import check
 from ganscale.errors import ConfigError
 
+DOUBLE_BACKWARD = ("gp", "r1", "dragan")
+"""Penalties that differentiate D's input gradient (a double backward through D)."""
+
 
 @dataclass
 class Config:
@@ -44,6 +47,35 @@ class Config:
             raise ConfigError(
                 "config key model.d_norm: batch norm breaks the per-sample gradient "
                 "penalty of WGAN-GP; use --set model.d_norm=auto (or none)"
+            )
+        if (
+            self.train.sync_batchnorm
+            and self.loss.penalty in DOUBLE_BACKWARD
+            and self.model.d_norm == "batch"
+        ):
+            raise ConfigError(
+                f"config key model.d_norm: batch with train.sync_batchnorm and "
+                f"loss.penalty={self.loss.penalty}: SyncBatchNorm has no double backward, which the "
+                f"penalty needs; use --set model.d_norm=auto (no norm in D then) or "
+                f"train.sync_batchnorm=false (per-rank BatchNorm)"
+            )
+        if (
+            self.backend == "deepspeed"
+            and self.deepspeed.zero_stage in (1, 2)
+            and self.train.mixed_precision == "fp16"
+        ):
+            raise ConfigError(
+                f"config key train.mixed_precision: fp16 under DeepSpeed "
+                f"ZeRO-{self.deepspeed.zero_stage} is not supported: each rank's GradScaler checks only "
+                f"its own gradient partition for overflow, so ranks could disagree on skipping a step "
+                f"and on the loss scale; use bf16 (no loss scale), "
+                f"deepspeed.zero_stage=0 or backend=accelerate"
+            )
+        if self.backend == "deepspeed" and self.train.compile:
+            raise ConfigError(
+                "config key train.compile: not applied under backend: deepspeed (its engines wrap "
+                "the modules with hooks torch.compile would trace through); use --set "
+                "train.compile=false, or backend=accelerate to compile"
             )
         if self.model.head == "projection" and not self.model.conditional:
             raise ConfigError("config key model.head: projection needs model.conditional: true")

@@ -44,8 +44,9 @@ class ModelConfig:
     g_blocks: int = 16
     """Residual blocks in the resnet G (SRResNet uses 16)."""
     d_norm: Literal["auto", "batch", "none"] = "auto"
-    """Normalisation in D; auto = batch, except none for WGAN-GP (per-sample penalty) and none
-    when spectral_norm covers D (SN-GAN)."""
+    """Normalisation in D; auto = batch, except none for WGAN-GP (per-sample penalty), none for
+    r1/dragan with train.sync_batchnorm (SyncBatchNorm has no double backward; batch is refused
+    there) and none when spectral_norm covers D (SN-GAN)."""
     head: Literal["shared", "separate", "classifier", "projection"] = "separate"
     """How D judges class: shared single-layer heads; the study's separate 3-layer heads;
     a separate classifier network; or a projection discriminator (Miyato & Koyama)."""
@@ -156,14 +157,30 @@ class TrainConfig:
     ema_decay: float = 0.999
     """EMA of G's weights, used for samples and export (0 disables)."""
     sync_batchnorm: bool = False
-    """Convert BatchNorm to SyncBatchNorm (CUDA multi-process only)."""
+    """Convert BatchNorm to SyncBatchNorm (CUDA multi-process only). With a gradient penalty
+    (gp, r1, dragan) D has no BatchNorm (model.d_norm auto): SyncBatchNorm has no double backward."""
     channels_last: bool = True
     """channels_last (NHWC) memory format for G, D and the real batches. On by default: measured
     1.10x (DCGAN) and 1.05x (ResNet ACGAN) faster in fp32 on CPU (docs/performance.md), and the
-    layout cuDNN's bf16/fp16 tensor-core convolutions want on GPU."""
+    layout cuDNN's bf16/fp16 tensor-core convolutions want on GPU. Under backend: deepspeed the
+    weights stay NCHW (DeepSpeed flattens them; a channels_last weight fails in its
+    initialize): the batches, and so every activation, are channels_last."""
     compile: bool = False
     """torch.compile G and D. Off by default: on the 2-core CPU it gained ~5% after ~1-2 minutes
-    of compilation (docs/performance.md); turn it on for long GPU runs."""
+    of compilation (docs/performance.md); turn it on for long GPU runs. Refused under backend:
+    deepspeed (the engines are not compiled)."""
+    cudnn_benchmark: bool = True
+    """CUDA only: ``torch.backends.cudnn.benchmark`` (cuDNN times its convolution algorithms on
+    the first step of each shape and keeps the fastest; the shapes here never change). Turn it
+    off for bit-exact runs (with ``torch.use_deterministic_algorithms``)."""
+    deterministic: bool = False
+    """CUDA only: deterministic kernels (``torch.use_deterministic_algorithms``, warning where an
+    op has none; ``CUBLAS_WORKSPACE_CONFIG=:4096:8``; cuDNN autotuning off), so a resumed run
+    equals an uninterrupted one bit for bit on the GPU as on the CPU. Slower; configs/tiny.yaml
+    (what the tests train) turns it on."""
+    matmul_precision: Literal["highest", "high", "medium"] = "high"
+    """CUDA only: ``torch.set_float32_matmul_precision`` for fp32 matmuls; high = TF32 (also for
+    cuDNN's fp32 convolutions, ``cudnn.allow_tf32``), highest = full fp32 everywhere."""
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = (
         "default"
     )

@@ -119,6 +119,11 @@ class Classifier:
     def feature_scale(self) -> float:
         return float(self.meta.get("feature_scale", 1.0))
 
+    def state(self) -> tuple[dict[str, Any], dict[str, Tensor], str]:
+        """(description, CPU weights, path): what :func:`classifier_from_state` rebuilds it from."""
+        weights = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+        return self.meta, weights, str(self.path)
+
     @torch.no_grad()
     def run(self, images: Tensor, batch_size: int = 256) -> tuple[Tensor, Tensor]:
         """(features [N, 256] float32 cpu, predicted labels [N, A] long cpu) of images in [-1, 1]
@@ -317,15 +322,23 @@ def load_classifier(folder: str | Path, device: str | torch.device = "cpu") -> C
         meta = json.loads(meta_path.read_text())
         if meta.get("format") != FORMAT:
             raise ValueError("not a ganscale classifier description")
-        model = AttributeClassifier(
-            [len(v) for v in meta["attributes"].values()], meta["image_size"], meta["width"]
-        )
-        model.load_state_dict(load_file(str(weights)))
+        return classifier_from_state(meta, load_file(str(weights)), weights, device)
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as e:
         raise GanscaleError(
             f"{meta_path}: unreadable classifier ({e}); retrain with `ganscale classifier train {folder}`"
         ) from None
-    return Classifier(model.to(device).eval().requires_grad_(False), meta, weights)
+
+
+def classifier_from_state(
+    meta: dict[str, Any], weights: dict[str, Tensor], path: str | Path, device: str | torch.device = "cpu"
+) -> Classifier:
+    """A :class:`Classifier` from its description and weights (what :func:`load_classifier`
+    reads, or what another rank sent: :meth:`Classifier.state`)."""
+    model = AttributeClassifier(
+        [len(v) for v in meta["attributes"].values()], meta["image_size"], meta["width"]
+    )
+    model.load_state_dict(weights)
+    return Classifier(model.to(device).eval().requires_grad_(False), meta, Path(path))
 
 
 def ensure_classifier(

@@ -26,7 +26,7 @@ from torch import nn
 
 from ganscale.config import METRIC_DIRECTIONS
 from ganscale.errors import GanscaleError
-from ganscale.evaluation.classifier import accuracy, ensure_classifier
+from ganscale.evaluation.classifier import accuracy, classifier_from_state, ensure_classifier
 from ganscale.evaluation.diversity import structure_embedding
 from ganscale.evaluation.features import load_inception
 from ganscale.evaluation.scoring import draw_conditions, real_reference, score, uniform_conditions
@@ -70,7 +70,10 @@ class TrainingEvaluator:
         self.image_size = int(cfg.model.image_size)
         self.z_dim, self.z_sigma = int(cfg.model.z_dim), float(cfg.model.z_sigma)
         self.log = log if rank == 0 else _quiet
-        self.clf = ensure_classifier(self.folder, self.device, log=self.log)
+        # Rank 0 loads (or trains) the corpus's classifier; the other ranks receive its weights
+        # in _prepare. Each rank used its own corpus folder's before: without a shared cache, each
+        # node trained its own classifier and measured FID in its own feature space.
+        self.clf = ensure_classifier(self.folder, self.device, log=self.log) if rank == 0 else None
         self.inception, message = load_inception(
             ecfg.inception or None, self.device, env_value=inception_env, cache_dir=cache_dir
         )
@@ -95,7 +98,12 @@ class TrainingEvaluator:
 
     # ------------------------------------------------------------------ the evaluation
     def _prepare(self, rt: Any) -> None:
-        """Real features on rank 0 (cached per corpus), and the conditions shared with all ranks."""
+        """Rank 0's classifier on every rank; real features on rank 0 (cached per corpus), and the
+        conditions shared with all ranks."""
+        if self.world_size > 1:
+            state = rt.broadcast_object(self.clf.state() if self.rank == 0 else None)
+            if self.rank != 0:
+                self.clf = classifier_from_state(*state, device=self.device)
         labels = None
         if self.rank == 0:
             self.ref = real_reference(

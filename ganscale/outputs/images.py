@@ -116,7 +116,13 @@ def plot_losses(records: list[dict], path: Path) -> Path | None:
     steps = [r["step"] for r in records if "loss/d" in r]
     if not steps:
         return None
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:  # a bare GPU image may lack it: the run's metrics.jsonl has the curves
+        import warnings
+
+        warnings.warn(f"matplotlib is not installed: {path.name} not written", stacklevel=2)
+        return None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

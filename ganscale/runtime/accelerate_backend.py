@@ -18,7 +18,15 @@ import torch
 from torch import nn
 
 from ganscale.config import Config
-from ganscale.runtime.base import NETS, BatchPlan, Runtime, collective_timeout, contiguous_state, make_adam
+from ganscale.runtime.base import (
+    NETS,
+    BatchPlan,
+    Runtime,
+    collective_timeout,
+    configure_cuda,
+    contiguous_state,
+    make_adam,
+)
 
 
 class AccelerateRuntime(Runtime):
@@ -52,6 +60,7 @@ class AccelerateRuntime(Runtime):
         self.rank = state.process_index
         self.world_size = state.num_processes
         self.local_rank = state.local_process_index
+        configure_cuda(cfg, self.device)
         self._init_precision(cfg.train.mixed_precision)
         self.cfg = cfg
         self.plan = BatchPlan.of(cfg, self.world_size)

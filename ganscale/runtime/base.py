@@ -56,6 +56,25 @@ def make_adam(
     return torch.optim.Adam(params, lr=lr, betas=betas, **kwargs)
 
 
+def configure_cuda(cfg: Config, device: torch.device) -> None:
+    """On CUDA: cuDNN autotuning (``train.cudnn_benchmark``) and TF32 (``train.matmul_precision``:
+    fp32 matmuls, and cuDNN's fp32 convolutions unless "highest"); with ``train.deterministic``,
+    deterministic kernels instead of autotuning (cuBLAS workspace, deterministic algorithms where
+    torch has them, a warning where it has none). Nothing elsewhere (the CPU is deterministic)."""
+    if device.type != "cuda":
+        return
+    from ganscale.runtime.env import deterministic_cublas
+
+    torch.set_float32_matmul_precision(cfg.train.matmul_precision)
+    torch.backends.cudnn.allow_tf32 = cfg.train.matmul_precision != "highest"
+    if cfg.train.deterministic:
+        deterministic_cublas()
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False  # the autotuner's choice may differ between runs
+    else:
+        torch.backends.cudnn.benchmark = cfg.train.cudnn_benchmark
+
+
 def collective_timeout(cfg: Config) -> timedelta:
     """How long one collective may wait for the other ranks (``faults.collective_timeout_s``):
     the process group's timeout, which gloo applies to every collective and NCCL's watchdog
@@ -149,11 +168,19 @@ class Runtime:
         norm = None
         if measure:
             grads = [p.grad for g in inner.param_groups for p in g["params"] if p.grad is not None]
-            norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+            norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=self.device)
         scaler.step(inner)
         scaler.update()
         inner.zero_grad(set_to_none=True)
         return norm
+
+    def skip_step(self, net: str) -> None:
+        """Drop ``net``'s pending update after a non-finite loss (faults.nan_policy skip or
+        rollback): zero its gradients and, under fp16, lower its loss scale as a step whose
+        gradients overflowed does (:func:`back_off`). Without that a scale too large for fp16
+        stays, and every later step is non-finite and skipped again."""
+        self.opt[net].zero_grad(set_to_none=True)
+        back_off(self.scalers[net])
 
     def sync_batchnorm(self, G: nn.Module, D: nn.Module) -> tuple[nn.Module, nn.Module]:
         """SyncBatchNorm when asked for (train.sync_batchnorm); Accelerate never converts, and
@@ -194,6 +221,16 @@ class Runtime:
         torch.distributed.all_gather_object(out, obj)
         return out
 
+    def broadcast_object(self, obj: Any, src: int = 0) -> Any:
+        """Rank ``src``'s ``obj`` on every rank (pickled; one collective, none on one process).
+        Unlike :meth:`all_gather_object`, memory does not grow with the number of ranks."""
+        if self.world_size == 1:
+            return obj
+        box = [obj]
+        device = self.device if self.device.type == "cuda" else None
+        torch.distributed.broadcast_object_list(box, src=src, device=device)
+        return box[0]
+
     def barrier(self) -> None:
         if self.world_size > 1:
             torch.distributed.barrier()
@@ -218,6 +255,18 @@ class Runtime:
         gc.collect()
 
 
+def back_off(scaler: torch.amp.GradScaler | None) -> None:
+    """What ``scaler.update()`` does after an overflow, for a step that never reached the
+    scaler: scale x backoff_factor, growth tracker 0 (through its public state dict, since
+    ``update()`` refuses to run without an ``unscale_``/``step`` of this iteration)."""
+    if scaler is None or not scaler.is_enabled():
+        return
+    state = scaler.state_dict()
+    state["scale"] = state["scale"] * state["backoff_factor"]
+    state["_growth_tracker"] = 0
+    scaler.load_state_dict(state)
+
+
 def contiguous_state(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous() for k, v in sd.items()}
 
@@ -226,5 +275,6 @@ def finite(*tensors: torch.Tensor) -> torch.Tensor:
     """A 0-dim bool tensor: are all values finite? (no host sync until read)."""
     if len(tensors) == 1:  # the per-phase loss check: two ops, not four
         return torch.isfinite(tensors[0]).all()
-    flags = [torch.isfinite(t).all() for t in tensors]
-    return torch.stack(flags).all() if flags else torch.tensor(True)
+    if not tensors:
+        raise ValueError("finite() needs at least one tensor (its answer lives on their device)")
+    return torch.stack([torch.isfinite(t).all() for t in tensors]).all()

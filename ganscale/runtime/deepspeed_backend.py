@@ -62,7 +62,6 @@ import contextlib
 import gc
 import json
 import logging
-import warnings
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -78,7 +77,9 @@ from ganscale.runtime.base import (
     BatchPlan,
     Runtime,
     amp_dtype,
+    back_off,
     collective_timeout,
+    configure_cuda,
     contiguous_state,
     make_adam,
     unwinding,
@@ -206,6 +207,7 @@ class DeepSpeedRuntime(Runtime):
             self.device = torch.device("cuda", self.local_rank)
         else:
             self.device = torch.device("cpu")
+        configure_cuda(cfg, self.device)
         self.amp_dtype = amp_dtype(cfg.train.mixed_precision)
         # Loss scaling is the engines' (one GradScaler each); the base class's scalers stay off.
         self.scalers = {net: torch.amp.GradScaler(self.device.type, enabled=False) for net in NETS}
@@ -219,8 +221,6 @@ class DeepSpeedRuntime(Runtime):
 
         cfg = self.cfg
         G, D = self.sync_batchnorm(G, D)
-        if cfg.train.compile and self.is_main:
-            warnings.warn("train.compile is not applied under backend: deepspeed", stacklevel=2)
         G.to(self.device)
         D.to(self.device)
         # train.channels_last is not applied to the weights here: DeepSpeed broadcasts and
@@ -228,10 +228,12 @@ class DeepSpeedRuntime(Runtime):
         # deepspeed.initialize: "stride(-1) must be 1 to view Float as Byte"). The trainer's
         # channels_last batches still work; convolutions pick their layout from them.
         betas = (cfg.optim.beta1, cfg.optim.beta2)
-        config = ds_config(cfg, self.plan)
-        self.ds_config = config
         self.engines: dict[str, Any] = {}
         for net, model, lr in (("g", G, cfg.optim.g_lr), ("d", D, cfg.optim.d_lr)):
+            # ZeRO-1/2's buckets sized to this network (DeepSpeed's 5e8 elements: ~2 GB of buffers)
+            config = ds_config(cfg, self.plan, n_params=sum(p.numel() for p in model.parameters()))
+            if net == "d":
+                self.ds_config = config  # what deepspeed.json records (G's differs in bucket sizes only)
             opt = make_adam(model.parameters(), lr, betas, cfg.optim.impl, self.device)
             engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, config=config)
             self.engines[net] = engine
@@ -276,14 +278,26 @@ class DeepSpeedRuntime(Runtime):
         norm = None
         if measure and not engine.zero_optimization():
             grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
-            norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+            norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=self.device)
         engine.step()
         if not measure:
             return None
         if norm is None:
+            # ZeRO-1/2's norm: a float or a tensor, by DeepSpeed version; on the device either way
+            # (the metrics row stacks it with the step's other device tensors)
             value = engine.get_global_grad_norm()
-            norm = torch.tensor(float(value) if value is not None else float("nan"))
+            if isinstance(value, torch.Tensor):
+                norm = value.detach().to(self.device)
+            else:
+                norm = torch.tensor(float(value) if value is not None else float("nan"), device=self.device)
         return (norm.detach().float() / scale).reshape(())
+
+    def skip_step(self, net: str) -> None:
+        """Drop the pending update (gradients and ZeRO's reduced partitions) and lower the
+        engine's fp16 loss scale, as an overflowing ``engine.step()`` would."""
+        self.opt[net].zero_grad(set_to_none=True)
+        back_off(self._gradscaler(net))
+        self._at_boundary[net] = False
 
     def loss_scale(self, net: str) -> float:
         scaler = self._gradscaler(net)

@@ -27,8 +27,22 @@ _OWNED = {
 }
 
 
-def ds_config(cfg: Config, plan: BatchPlan) -> dict[str, Any]:
-    """The DeepSpeed config of one engine for ``plan`` (batch, accumulation, processes).
+DEFAULT_BUCKET = 500_000_000
+"""DeepSpeed's default ZeRO-1/2 reduce/all-gather bucket (elements)."""
+
+
+def bucket_elements(n_params: int) -> int:
+    """ZeRO-1/2 bucket size for a network of ``n_params`` parameters: the whole network's
+    gradients in one bucket (one reduction per backward, as with the default for any network
+    under 5e8 parameters), but never more than the default. DeepSpeed allocates its buckets
+    up front: at 5e8 elements ~2 GB per engine for networks of a few million parameters.
+    Rounded up to a multiple of 1024 (DeepSpeed asserts an even all-gather bucket)."""
+    return int(min(DEFAULT_BUCKET, -(-max(n_params, 1) // 1024) * 1024))
+
+
+def ds_config(cfg: Config, plan: BatchPlan, n_params: int | None = None) -> dict[str, Any]:
+    """The DeepSpeed config of one engine for ``plan`` (batch, accumulation, processes);
+    ``n_params``: the engine's network size, for the ZeRO-1/2 bucket sizes (:func:`bucket_elements`).
 
     ``launch/deepspeed/zero{1,2}.json`` show the same dicts (with ``"auto"`` where a value
     comes from the ganscale config); a test keeps them in step. ``deepspeed.config`` (a JSON
@@ -39,6 +53,8 @@ def ds_config(cfg: Config, plan: BatchPlan) -> dict[str, Any]:
     if stage in (1, 2):
         # Optimizer partitions saved so that a checkpoint loads on another process count.
         zero["elastic_checkpoint"] = True
+        if n_params is not None:
+            zero["reduce_bucket_size"] = zero["allgather_bucket_size"] = bucket_elements(n_params)
     out: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": plan.batch_size,
         "gradient_accumulation_steps": plan.grad_accum,

@@ -19,7 +19,8 @@ What is read:
 
 What is written, because a library reads it from the environment and nowhere else:
 ``LOCAL_RANK`` (:func:`set_local_rank`), a one-process group description for DeepSpeed
-(:func:`export_single_process_group`) and ``DS_ACCELERATOR`` (:func:`default_ds_accelerator`).
+(:func:`export_single_process_group`), ``DS_ACCELERATOR`` (:func:`default_ds_accelerator`) and
+``CUBLAS_WORKSPACE_CONFIG`` (:func:`deterministic_cublas`).
 
 Only the standard library is imported here: the CLI calls this before anything heavy loads.
 """
@@ -122,6 +123,16 @@ def default_ds_accelerator(cuda_available: bool) -> None:
     for every accelerator it knows and logs about each one."""
     if not cuda_available:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+CUBLAS_DETERMINISTIC = ":4096:8"
+"""cuBLAS's workspace setting for deterministic results (CUDA's reproducibility notes)."""
+
+
+def deterministic_cublas() -> None:
+    """Ask cuBLAS for deterministic results (``CUBLAS_WORKSPACE_CONFIG``, read when cuBLAS
+    makes its first handle); a value already set is kept."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_DETERMINISTIC)
 
 
 def wandb_mode() -> str:

@@ -245,7 +245,7 @@ class Faults:
             return True
         msg = f"non-finite {net.upper()} loss at step {step + 1}{which_ranks(self.rt, n_bad, rank_sum)}"
         self.report.event(step + 1, "non_finite", alert=msg, net=net, policy="skip")
-        self.rt.opt[net].zero_grad(set_to_none=True)
+        self.rt.skip_step(net)  # zero grads; fp16: the loss scale falls as on an overflow
         self.state.skipped_steps += 1
         self._repair_after_skip(msg)
         self.skipped, self._skips = True, self._skips + 1

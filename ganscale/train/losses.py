@@ -54,15 +54,18 @@ def g_adversarial_loss(kind: str, fake_logits: Tensor) -> Tensor:
 # --------------------------------------------------------------------------- class (ACGAN)
 
 
-def class_loss(logits: list[Tensor], labels: Tensor | None, all_known: bool = False) -> Tensor:
+def class_loss(
+    logits: list[Tensor], labels: Tensor | None, all_known: bool = False, *, device: torch.device | str
+) -> Tensor:
     """Mean over attributes of the cross-entropy of each attribute, skipping labels of -1.
 
     An attribute whose labels in this batch are all -1 contributes 0 (not NaN). With no
-    attributes, a 0-dim zero tensor. ``all_known``: the labels hold no -1 (drawn fake labels),
+    attributes, a 0-dim zero tensor on ``device`` (an unconditional model has neither logits
+    nor labels to take it from, and the metrics row stacks it with the step's other tensors:
+    a CPU zero there fails on CUDA). ``all_known``: the labels hold no -1 (drawn fake labels),
     so each attribute's loss is a plain mean (the same value, without the masked counts).
     """
     if not logits or labels is None:
-        device = labels.device if labels is not None else None
         return torch.zeros((), device=device)
     if all_known:
         return torch.stack([F.cross_entropy(lg.float(), labels[:, i]) for i, lg in enumerate(logits)]).mean()
@@ -91,23 +94,37 @@ def class_accuracy(logits: list[Tensor], labels: Tensor) -> list[Tensor]:
 
 
 def plain_module(D: nn.Module) -> nn.Module:
-    """The network inside a training wrapper (DDP, a DeepSpeed engine), else ``D`` itself.
+    """The network inside its training wrappers (torch.compile, DDP, a DeepSpeed engine, in
+    any nesting), else ``D`` itself.
 
-    A wrapper is recognised by its shape, so this module needs neither DeepSpeed nor a process
+    ``torch.compile``'s module keeps the original in ``_orig_mod``: the penalty's double
+    backward must not run through it (AOTAutograd has no double backward). A DDP/DeepSpeed
+    wrapper is recognised by its shape, so this module needs neither DeepSpeed nor a process
     group: exactly one child, named ``module``, and no parameters of its own.
     """
-    inner = getattr(D, "_modules", {}).get("module")
-    if isinstance(inner, nn.Module) and len(D._modules) == 1 and not D._parameters:
-        return inner
-    return D
+    while True:
+        children = getattr(D, "_modules", {})
+        compiled = children.get("_orig_mod")
+        if isinstance(compiled, nn.Module) and len(children) == 1:
+            D = compiled
+            continue
+        inner = children.get("module")
+        if isinstance(inner, nn.Module) and len(children) == 1 and not D._parameters:
+            D = inner
+            continue
+        return D
 
 
-def _input_grad(D: nn.Module, x: Tensor, labels: Tensor | None, grad_scale: float) -> Tensor:
+def _input_grad(D: nn.Module, x: Tensor, labels: Tensor | None) -> Tensor:
     """d D(x)[0] / dx flattened per sample ([B, N], float32), with the graph kept so the
     penalty trains D.
 
-    With fp16 loss scaling the output is multiplied by ``grad_scale`` before differentiating
-    (so small gradients do not underflow) and the gradients divided by it afterwards.
+    Computed in float32 with autocast off, whatever ``train.mixed_precision`` is: under fp16
+    the input gradient of D's output overflows (multiplied by a loss scale of 65,536 it is
+    inf at once; unscaled, small gradients underflow), and under bf16 its 8-bit mantissa makes
+    ``(||grad|| - 1)^2`` mostly rounding. The weights are float32 under both backends (autocast,
+    not converted weights), so only this one pass runs in full precision; the penalty's double
+    backward then runs in float32 too, inside the step's scaled backward.
 
     This forward runs on the plain network (:func:`plain_module`), not through its wrapper: a
     DeepSpeed engine hooks the outputs of its forward so that the first gradient reaching them
@@ -119,10 +136,11 @@ def _input_grad(D: nn.Module, x: Tensor, labels: Tensor | None, grad_scale: floa
     reaches D's parameters once, in the caller's backward of the whole loss, where DDP and
     ZeRO reduce it with the rest.
     """
-    x = x.detach().requires_grad_(True)
-    out = plain_module(D)(x, labels)[0]
-    (grad,) = torch.autograd.grad(out.float().sum() * grad_scale, x, create_graph=True)
-    return grad.float().flatten(1) / grad_scale
+    x = x.detach().float().requires_grad_(True)
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        out = plain_module(D)(x, labels)[0]
+        (grad,) = torch.autograd.grad(out.float().sum(), x, create_graph=True)
+    return grad.float().flatten(1)
 
 
 def gradient_penalty(
@@ -131,10 +149,10 @@ def gradient_penalty(
     real: Tensor,
     fake: Tensor | None,
     labels: Tensor | None,
-    grad_scale: float = 1.0,
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """Gradient penalty on D's adversarial output (the caller multiplies by its weight).
+    """Gradient penalty on D's adversarial output (the caller multiplies by its weight), in
+    float32 with autocast off (see :func:`_input_grad`): no loss scale enters it.
 
     ``generator``: where gp's and dragan's random mixing is drawn from (the trainer passes the
     step's :attr:`~ganscale.train.noise.NoisePhase.PENALTY` generator, so a resume is exact;
@@ -163,7 +181,7 @@ def gradient_penalty(
         x = real + (1 - alpha) * noise
     else:
         x = real
-    grad = _input_grad(D, x, labels, grad_scale)
+    grad = _input_grad(D, x, labels)
     if kind == "r1":  # squared norm directly: no sqrt, whose gradient is undefined at 0
         return 0.5 * grad.pow(2).sum(1).mean()
     return (grad.norm(2, dim=1) - 1.0).pow(2).mean()

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ganscale.config import Config
+from ganscale.config.schema import DOUBLE_BACKWARD
 from ganscale.errors import GanscaleError
 from ganscale.runtime.base import BatchPlan
 from ganscale.seeding import check_plan
@@ -33,12 +34,14 @@ if TYPE_CHECKING:
 
 
 def d_norm_of(cfg: Config) -> str:
-    """D's normalisation: model.d_norm, auto resolved (none for WGAN-GP's per-sample penalty and
-    under spectral norm on D (SN-GAN), else batch)."""
+    """D's normalisation: model.d_norm, auto resolved (none for WGAN-GP's per-sample penalty,
+    under spectral norm on D (SN-GAN), and for r1/dragan with train.sync_batchnorm (SyncBatchNorm
+    has no double backward), else batch)."""
     model = cfg.model
     if model.d_norm != "auto":
         return model.d_norm
-    return "none" if cfg.loss.penalty == "gp" or model.spectral_norm != "none" else "batch"
+    sync_double = cfg.train.sync_batchnorm and cfg.loss.penalty in DOUBLE_BACKWARD
+    return "none" if cfg.loss.penalty == "gp" or model.spectral_norm != "none" or sync_double else "batch"
 
 
 def augment_policy_of(cfg: Config) -> tuple[str, ...]:

@@ -31,9 +31,10 @@ def d_loss(
     """D's adversarial + weighted class loss (ACGAN: reals, and fakes with loss.d_fake_class);
     (the loss, its class part)."""
     adv = losses.d_adversarial_loss(lc.adversarial, real_logits, fake_logits)
-    cls = losses.class_loss(real_cls, real_labels)
+    dev = real_logits.device  # an unconditional model's zero class loss lives beside the logits
+    cls = losses.class_loss(real_cls, real_labels, device=dev)
     if lc.d_fake_class:
-        cls = cls + losses.class_loss(fake_cls, fake_labels, all_known=True)
+        cls = cls + losses.class_loss(fake_cls, fake_labels, all_known=True, device=dev)
     cls = lc.class_weight * cls
     return adv + cls, cls
 
@@ -43,7 +44,7 @@ def g_loss(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """G's adversarial + weighted class loss; (the loss, its class part)."""
     adv = losses.g_adversarial_loss(lc.adversarial, logits)
-    cls = lc.class_weight * losses.class_loss(cls_logits, labels, all_known=True)
+    cls = lc.class_weight * losses.class_loss(cls_logits, labels, all_known=True, device=logits.device)
     return adv + cls, cls
 
 
@@ -71,7 +72,6 @@ def penalty_term(
         real,
         fake,
         real_labels,
-        grad_scale=rt.loss_scale("d"),
         generator=generator,
     )
     out["loss/penalty"] = pen.detach()
