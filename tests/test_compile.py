@@ -16,6 +16,7 @@ from ganscale.config import ModelConfig, load_config
 from ganscale.models import build_discriminator
 from ganscale.runtime import build_runtime
 from ganscale.train.losses import plain_module
+from ganscale.train.plan import plan_for
 from ganscale.train.trainer import Trainer
 
 
@@ -51,7 +52,7 @@ def test_compile_with_r1_and_no_augmentation_trains(tmp_path, corpus_cache) -> N
         ],
     )
     rt = build_runtime(cfg)
-    trainer = Trainer(cfg, tmp_path / "run", rt)
+    trainer = Trainer(plan_for(cfg, rt), tmp_path / "run", rt)
     try:
         assert hasattr(rt.D, "_orig_mod")  # really compiled
         with warnings.catch_warnings():

@@ -125,8 +125,10 @@ def test_sync_batchnorm_with_a_double_backward_penalty_keeps_batchnorm_out_of_d(
     """SyncBatchNorm has no double backward (issue 21, item 4): d_norm auto resolves to none
     there, an explicit batch is refused in one line naming what works."""
     base = ["train.sync_batchnorm=true", f"loss.penalty={penalty}"]
-    assert load_config("configs/tiny.yaml", base).d_norm == "none"
-    assert load_config("configs/tiny.yaml", [f"loss.penalty={penalty}"]).d_norm == "batch"
+    from ganscale.train.plan import d_norm_of
+
+    assert d_norm_of(load_config("configs/tiny.yaml", base)) == "none"
+    assert d_norm_of(load_config("configs/tiny.yaml", [f"loss.penalty={penalty}"])) == "batch"
     with pytest.raises(ConfigError) as e:
         load_config("configs/tiny.yaml", [*base, "model.d_norm=batch"])
     assert "\n" not in str(e.value) and "SyncBatchNorm has no double backward" in str(e.value)

@@ -98,6 +98,7 @@ def test_the_scan_finds_the_bug_it_is_for(tmp_path) -> None:
 # path relative to ganscale/ -> {factory: why it is meant to stay on the host}
 HOST_ON_PURPOSE = {
     "augment/geometric.py": {"zeros": "identity_params: the loader's CPU parameters (pinned, sent async)"},
+    "bench/data_bench.py": {"rand": "augmentation parameters made on the host, as the loader makes them"},
     "bench/measure.py": {
         "rand": "the bench's in-memory batches are made on the host and moved like the loader's",
         "randint": "labels of those host batches",

@@ -125,29 +125,46 @@ def test_check_every_rolls_back_past_the_nan(tmp_path, tiny_overrides):
 
 
 @pytest.mark.parametrize("policy,reads", [("stop", 3), ("rollback", 3), ("skip", 6)])
-def test_check_every_1_reads_the_flag_once_per_step(tmp_path, tiny_overrides, policy, reads):
-    """faults.check_every 1 (issue 21, item 7): under stop and rollback D's update is thrown
-    away anyway, so its flag is read with G's, one host read per step (there were two); skip
-    must still read D's before D's update. A D fault is still reported as D's, at its step."""
-    cfg = load_config(
-        TINY, [*tiny_overrides, "train.max_steps=3", "checkpoint.every=3", f"faults.nan_policy={policy}"]
-    )
+def test_check_every_1_reads_the_flag_once_per_step(tmp_path, tiny_overrides, monkeypatch, policy, reads):
+    """faults.check_every 1 (issue 21, item 7): under stop and rollback the step's D and G flags
+    are read together in the one decision after the step, one host read per step (there were
+    two); skip must read each update's flag before it is applied. A D fault is still reported as
+    D's, at its step."""
+    from ganscale.train.faults import Faults
+
+    counted = {"reads": 0, "inside": 0}
+    tolist = torch.Tensor.tolist
+
+    def counting_tolist(self):  # a host read of the fault flags
+        counted["reads"] += counted["inside"] > 0
+        return tolist(self)
+
+    def inside(method):
+        def run(self, *args, **kwargs):
+            counted["inside"] += 1
+            try:
+                return method(self, *args, **kwargs)
+            finally:
+                counted["inside"] -= 1
+
+        return run
+
+    monkeypatch.setattr(torch.Tensor, "tolist", counting_tolist)
+    monkeypatch.setattr(Faults, "decide", inside(Faults.decide))
+    monkeypatch.setattr(Faults, "update_ok", inside(Faults.update_ok))
+    base = [*tiny_overrides, "checkpoint.every=3", f"faults.nan_policy={policy}"]
+    cfg = load_config(TINY, [*base, "train.max_steps=3"])
     rt = build_runtime(cfg)
     (tmp_path / "run").mkdir()
-    trainer = Trainer(cfg, tmp_path / "run", rt)
-    agreed = []
-    read = trainer.guard._agree
-    trainer.guard._agree = lambda step: agreed.append(step) or read(step)  # count the host reads
-    try:
-        for _ in range(3):
-            trainer.step()
-        assert len(agreed) == reads
-        if policy == "stop":  # G's output NaN at step 4: D's loss is the non-finite one
-            rt.module("g").register_forward_hook(lambda m, a, out: out * float("nan"))
-            with pytest.raises(NonFiniteLoss, match="non-finite D loss at step 4"):
-                trainer.step()
-    finally:
-        trainer.close()
+    Trainer(plan_for(cfg, rt), tmp_path / "run", rt).run()
+    assert counted["reads"] == reads
+    if policy == "stop":  # G's output NaN: D's loss is the non-finite one, and it is named
+        cfg = load_config(TINY, [*base, "train.max_steps=1"])
+        rt = build_runtime(cfg)
+        trainer = Trainer(plan_for(cfg, rt), tmp_path / "run2", rt)
+        rt.module("g").register_forward_hook(lambda m, a, out: out * float("nan"))
+        with pytest.raises(NonFiniteLoss, match="non-finite D loss at step 1"):
+            trainer.run()
         rt.end()
 
 

@@ -22,6 +22,7 @@ from ganscale.errors import ConfigError
 from ganscale.models import build_discriminator
 from ganscale.runtime import build_runtime
 from ganscale.train.losses import gradient_penalty
+from ganscale.train.plan import plan_for
 from ganscale.train.trainer import Trainer
 
 TINY = REPO / "configs" / "tiny.yaml"
@@ -64,7 +65,7 @@ def _trainer(tmp_path, cache, *overrides: str) -> Trainer:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "fp16 autocast on CPU is slow": what is tested here
         rt = build_runtime(cfg)
-        return Trainer(cfg, tmp_path / "run", rt)
+        return Trainer(plan_for(cfg, rt), tmp_path / "run", rt)
 
 
 @pytest.mark.parametrize("kind", PENALTIES)
@@ -201,7 +202,7 @@ def test_zero2_engines_get_buckets_sized_to_their_network(tmp_path, corpus_cache
         ],
     )
     rt = build_runtime(cfg)
-    trainer = Trainer(cfg, tmp_path / "run", rt)
+    trainer = Trainer(plan_for(cfg, rt), tmp_path / "run", rt)
     try:
         for net in ("g", "d"):
             n = sum(p.numel() for p in rt.module(net).parameters())
@@ -220,7 +221,7 @@ def test_the_suite_trains_on_the_gpu_deterministically(tmp_path, corpus_cache) -
     assert os.environ.get("DS_ACCELERATOR") != "cpu"
     cfg = load_config(TINY, [f"data.cache_dir={corpus_cache}", "checkpoint.every=0", "log.sample_every=0"])
     rt = build_runtime(cfg)
-    trainer = Trainer(cfg, tmp_path / "run", rt)
+    trainer = Trainer(plan_for(cfg, rt), tmp_path / "run", rt)
     try:
         assert rt.device.type == "cuda" and cfg.train.deterministic
         assert torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.benchmark
