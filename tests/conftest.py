@@ -17,6 +17,17 @@ else:
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
+@pytest.fixture(autouse=True)
+def _environment_restored():
+    """A test's changes to os.environ end with it: an in-process DeepSpeed runtime describes a
+    one-process group there (RANK, WORLD_SIZE, MASTER_PORT ...), and a later test's
+    subprocess would inherit it and try to listen on the same port."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 @pytest.fixture(scope="session")
 def corpus_cache(tmp_path_factory) -> Path:
     """One cache folder for the built-in synthetic corpus, shared by every test of the session."""

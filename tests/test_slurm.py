@@ -137,7 +137,7 @@ def test_preemption_checkpoints_requeues_and_resumes(tmp_path, corpus_cache):
     ckpts = sorted((run / "checkpoints").glob("step-*"))
     assert len(ckpts) == 1, ckpts
     stop_step = int(ckpts[0].name.split("-")[1])
-    assert 8 <= stop_step < max_steps and stop_step % 5 == 0  # the trainer checks signals every 5 steps
+    assert 8 <= stop_step < max_steps  # the signal rides in every step's decision (faults.check_every 1)
     # Slurm holds a requeued job ~120 s so that the killed run's credential is stale before it
     # starts again; a start within the second of the requeue is refused ("Job credential
     # revoked": the job then ends FAILED with no output). Skip the hold, but not that second.
