@@ -211,8 +211,25 @@ def _sampling_lines(attrs: dict[str, list[str]]) -> list[str]:
     folder = "path/to/this/folder"
     if not attrs:
         return ["", f"Or `ganscale sample {folder}` / `ganscale serve {folder}` (one page in a browser)."]
+    import math
+
+    from ganscale.outputs.latents import MAX_ALL_CONDITIONS, parse_condition
+
     cond = " ".join(f"--cond {a}={v[0]}" for a, v in attrs.items())
     words = " ".join(v[-1] for v in attrs.values())
+    values = [{x.lower() for x in v} for v in attrs.values()]
+    try:  # values alone where each names one attribute; else (shared words) "blue hair red eyes"
+        if len(set().union(*values)) < sum(map(len, values)):
+            raise GanscaleError("a value shared by two attributes")
+        parse_condition(words, attrs)
+        note = "values alone, when each names one attribute"
+    except GanscaleError:
+        words = " ".join(f"{v[-1]} {a}" for a, v in attrs.items())
+        note = "each value followed by its attribute"
+    every = "--all-conditions"
+    if math.prod(map(len, attrs.values())) > MAX_ALL_CONDITIONS:  # refused: hold the first attribute
+        first, vals = next(iter(attrs.items()))
+        every += f" --cond {first}={vals[0]}"
     return [
         "",
         "Or from the command line, one `--cond ATTR=VALUE` per attribute ("
@@ -221,8 +238,8 @@ def _sampling_lines(attrs: dict[str, list[str]]) -> list[str]:
         "",
         "```bash",
         f"ganscale sample {folder} {cond}",
-        f'ganscale sample {folder} --tags "{words}"   # values alone, when each names one attribute',
-        f"ganscale sample {folder} --all-conditions   # one row per combination",
+        f'ganscale sample {folder} --tags "{words}"   # {note}',
+        f"ganscale sample {folder} {every}   # one row per combination",
         f"ganscale serve {folder}   # one picker per attribute in a browser page",
         "```",
     ]
