@@ -212,11 +212,43 @@ def test_interrupted_pack_leaves_no_complete_looking_output(synth_src, tmp_path,
         return real(img, fmt, *args)
 
     monkeypatch.setattr(packmod, "encode", boom)
+    before = _hashes(out)
     with pytest.raises(KeyboardInterrupt):
         pack(synth_src, out, size=16, per_shard=4)
-    assert not (out / "dataset.json").exists()  # the old manifest is gone, no new one
-    assert not list(out.glob("*.partial"))
-    assert len(list(out.glob("*.tar"))) == 2  # only the shards that were finished
+    assert calls["n"] == 10  # interrupted after two finished shards of the new pack
+    assert _hashes(out) == before  # the previous corpus, byte for byte; nothing half-written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging folder left
+
+
+def _hashes(folder):
+    import hashlib
+
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_failing_pack_keeps_the_previous_corpus(synth_src, tmp_path, capsys):
+    """A pack whose every image is unreadable fails in one line and leaves OUT as it was."""
+    out = tmp_path / "out"
+    pack(synth_src, out, size=16, per_shard=4)
+    (out / "notes.txt").write_text("mine")
+    before = _hashes(out)
+    assert "dataset.json" in before and len(before) > 3
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for i in range(3):
+        (bad / f"{i}.png").write_bytes(b"not an image")
+    with pytest.raises(SystemExit) as e:
+        main(["data", "pack", str(bad), str(out), "--no-progress", "--size", "16"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no usable images") and err.count("\n") == 1
+    assert "unreadable_image 3" in err and "still holds its previous corpus, unchanged" in err
+    assert _hashes(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad", "out"]  # no staging folder left
 
 
 def test_bad_arguments(synth_src, tmp_path):

@@ -145,6 +145,25 @@ def test_sample_and_serve_take_the_folder(folder, tmp_path):
     assert info["facts"]["step"] == 4 and info["facts"]["eval"]["n"] == 64
 
 
+def test_every_sample_command_of_the_card_runs(folder, tmp_path):
+    """The card's `ganscale sample` lines (one --cond per attribute, --tags, --all-conditions)
+    run as written, through the CLI, on the folder."""
+    import shlex
+
+    from ganscale.cli import main
+
+    card = (folder / "README.md").read_text()
+    lines = [line.split("#")[0].strip() for line in card.splitlines() if line.startswith("ganscale sample ")]
+    assert len(lines) == 3 and "--cond hair=" in lines[0] and "--all-conditions" in lines[2]
+    assert '--tags "white hair yellow eyes"' in lines[1]  # colours shared by hair and eyes: named
+    for i, line in enumerate(lines):
+        args = shlex.split(line.replace("path/to/this/folder", str(folder)))[1:]
+        with pytest.raises(SystemExit) as e:
+            main([*args, "--n", "2", "--out", str(tmp_path / f"{i}.png")])
+        assert e.value.code == 0, line
+        assert (tmp_path / f"{i}.png").is_file()
+
+
 def test_export_refuses_to_overwrite_its_source(run):
     from ganscale.errors import GanscaleError
     from ganscale.outputs.model_folder import export_model_folder

@@ -25,6 +25,8 @@ import json
 import os
 import random
 import re
+import shutil
+import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -167,6 +169,33 @@ def _clear_previous(out: Path, name: str) -> None:
             p.unlink()
 
 
+def _holds_corpus(out: Path, name: str) -> bool:
+    """Whether ``out`` holds a packed corpus (a manifest or shards of ``name``) a pack would replace."""
+    if not out.is_dir():
+        return False
+    pattern = shard_pattern(name)
+    return (out / MANIFEST).exists() or any(pattern.match(p.name) for p in out.iterdir())
+
+
+def _swap_in(stage: Path, out: Path, name: str) -> None:
+    """Move a finished pack from ``stage`` into ``out``: the old manifest and shards go first,
+    then the new shards and rejects list, the manifest last (renames on one file system), so
+    ``out`` never shows a manifest over a mix of old and new shards."""
+    out.mkdir(parents=True, exist_ok=True)
+    _clear_previous(out, name)
+    for p in sorted(stage.iterdir(), key=lambda p: p.name == MANIFEST):
+        os.replace(p, out / p.name)
+    stage.rmdir()
+
+
+class _NothingUsable(Exception):
+    """Raised inside :func:`write_shards` when every item was rejected (the rejects are staged)."""
+
+    def __init__(self, result: PackResult, first: Reject | None) -> None:
+        super().__init__(result.summary())
+        self.result, self.first = result, first
+
+
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
@@ -209,18 +238,77 @@ def write_shards(
 
     ``image`` is a PIL image, a path or anything with ``read() -> bytes``; those are decoded
     here, and an unreadable one becomes a reject (never fatal). Without a key one is made from
-    the source id. Raises :class:`GanscaleError` only if nothing usable was found (after
-    writing ``rejects.jsonl``).
+    the source id. Everything is written into a staging folder beside ``out`` and moved in at
+    the end (:func:`_swap_in`), so a pack that fails or is interrupted leaves a corpus already in
+    ``out`` byte for byte as it was. Raises :class:`GanscaleError` only if nothing usable was
+    found: ``rejects.jsonl`` then goes into ``out`` when ``out`` holds no corpus yet; a corpus
+    there is left unchanged and the message names the first reject instead.
     """
     check_pack_args(fmt, per_shard, name, size)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    _clear_previous(out, name)
-    rejects = list(rejects or [])
+    if out.exists() and not out.is_dir():
+        raise GanscaleError(f"{out}: exists and is not a folder; pick another OUT")
+    home = out.resolve().parent
+    home.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.resolve().name}.packing-", dir=home))
+    try:
+        result, manifest = _write_staged(
+            items,
+            stage,
+            out,
+            attributes=attributes,
+            size=size,
+            fmt=fmt,
+            per_shard=per_shard,
+            name=name,
+            rejects=list(rejects or []),
+            total=total,
+            progress=progress,
+            png_level=png_level,
+        )
+    except _NothingUsable as e:
+        summary = e.result.summary().split("; ", 1)[-1]
+        if _holds_corpus(out, name):
+            shutil.rmtree(stage, ignore_errors=True)
+            first = f" (first: {e.first.item}: {e.first.detail[:120]})" if e.first else ""
+            raise GanscaleError(
+                f"no usable images in {source or out}: {summary}{first}; {out} still holds its "
+                "previous corpus, unchanged"
+            ) from None
+        out.mkdir(parents=True, exist_ok=True)
+        os.replace(stage / REJECTS, out / REJECTS)
+        shutil.rmtree(stage, ignore_errors=True)
+        raise GanscaleError(f"no usable images in {source or out}: {summary}; see {out / REJECTS}") from None
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    manifest |= {"layout": layout, "source": source, "shuffle_seed": shuffle_seed}
+    _write_atomic(stage / MANIFEST, json.dumps(build_manifest(**manifest), indent=1) + "\n")
+    _swap_in(stage, out, name)
+    return result
+
+
+def _write_staged(
+    items: Iterable[tuple],
+    stage: Path,
+    out: Path,
+    *,
+    attributes: dict[str, list[str]],
+    size: int,
+    fmt: str,
+    per_shard: int,
+    name: str,
+    rejects: list[Reject],
+    total: int | None,
+    progress: bool,
+    png_level: int,
+) -> tuple[PackResult, dict[str, Any]]:
+    """Shards and ``rejects.jsonl`` into ``stage``; (the result, reported as ``out``, and the
+    manifest's arguments). Every item rejected: :class:`_NothingUsable`."""
     counts = {a: [0] * len(v) for a, v in attributes.items()}
     unlabelled = 0
     taken: set[str] = set()
-    sink = ShardSink(out, name, per_shard)
+    sink = ShardSink(stage, name, per_shard)
     try:
         with progress_bar(f"pack {out.name}", total, enabled=progress) as advance:
             for source_id, image, labels, *key in items:
@@ -252,28 +340,22 @@ def write_shards(
         sink.abort()
         raise
     reasons = Counter(r.reason for r in rejects)
-    _write_atomic(out / REJECTS, "".join(json.dumps(r.to_dict()) + "\n" for r in rejects))
+    _write_atomic(stage / REJECTS, "".join(json.dumps(r.to_dict()) + "\n" for r in rejects))
     kept = sum(s["num_samples"] for s in shards)
     result = PackResult(out, kept, len(shards), reasons, attributes, counts)
     if kept == 0:
-        raise GanscaleError(
-            f"no usable images in {source or out}: {result.summary().split('; ', 1)[-1]}; see {out / REJECTS}"
-        )
-    manifest = build_manifest(
-        name=name,
-        shards=shards,
-        image_size=size,
-        image_format=fmt,
-        layout=layout,
-        source=source,
-        attributes=attributes,
-        counts=counts,
-        unlabelled=unlabelled,
-        rejects=reasons,
-        shuffle_seed=shuffle_seed,
-    )
-    _write_atomic(out / MANIFEST, json.dumps(manifest, indent=1) + "\n")
-    return result
+        raise _NothingUsable(result, rejects[0] if rejects else None)
+    manifest = {
+        "name": name,
+        "shards": shards,
+        "image_size": size,
+        "image_format": fmt,
+        "attributes": attributes,
+        "counts": counts,
+        "unlabelled": unlabelled,
+        "rejects": reasons,
+    }
+    return result, manifest
 
 
 def pack(

@@ -111,7 +111,7 @@ def eval_command(
     ] = None,
 ) -> None:
     """Attribute accuracy (conditions as in the corpus, and every combination equally often, per
-    colour), FID/KID, precision/recall and within-condition diversity of a run's EMA generator,
+    attribute value), FID/KID, precision/recall and within-condition diversity of a run's EMA generator,
     with real-vs-real references."""
     from ganscale.evaluation.evaluate import evaluate_run, summary
     from ganscale.runtime.env import cache_dir, inception_weights

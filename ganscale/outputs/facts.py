@@ -88,10 +88,10 @@ def eval_path(weights: Path) -> Path | None:
 
 def eval_summary(weights: Path) -> dict[str, Any] | None:
     """Overall and per-value numbers from eval.json: attribute accuracy (overall, joint, every
-    combination equally often, and per colour: eval.json's ``acc_per_value``, measured with every
-    colour asked for equally often; older files: from the confusion counts), classifier-space
-    FID/precision/recall with the real-vs-real floor, and how they were measured (n, seed,
-    classifier)."""
+    combination equally often, and per value of each attribute: eval.json's ``acc_per_value``,
+    measured with every value asked for equally often; older files: from the confusion counts),
+    classifier-space FID/precision/recall and within-condition ``diversity`` with the real-vs-real
+    floor, and how they were measured (n, seed, classifier)."""
     path = eval_path(weights)
     data = _json(path) if path else None
     if not isinstance(data, dict):
@@ -110,7 +110,14 @@ def eval_summary(weights: Path) -> dict[str, Any] | None:
                 for i, (v, row) in enumerate(zip(values, matrix, strict=False))
             }
     floor = data.get("real_vs_real") or {}
-    keys = ("fid_classifier", "kid_classifier", "precision_classifier", "recall_classifier", "fid_inception")
+    keys = (
+        "fid_classifier",
+        "kid_classifier",
+        "precision_classifier",
+        "recall_classifier",
+        "fid_inception",
+        "diversity",
+    )
     return {
         "n": data.get("n"),
         "seed": data.get("seed"),

@@ -238,6 +238,26 @@ def all_conditions(attributes: dict[str, list[str]], fixed: Mapping[str, int] | 
     return np.array(list(itertools.product(*axes)), dtype=np.int64).reshape(total, len(attributes))
 
 
+def spread_conditions(attributes: dict[str, list[str]], limit: int) -> np.ndarray:
+    """int64 [R, A], R = min(limit, combinations): a few distinct combinations that show every
+    value of each attribute where the rows allow, for the grids nobody asked a condition of (the
+    training-time samples, the model folder's grid). The diagonal first (row i takes value
+    ``i % len(values)`` of every attribute), then the combinations in order until ``limit``."""
+    sizes = [len(v) for v in attributes.values()]
+    total = math.prod(sizes)
+    want = min(limit, total)
+    rows: dict[tuple[int, ...], None] = {}
+    for i in range(max(sizes, default=0)):
+        if len(rows) >= want:
+            break
+        rows.setdefault(tuple(i % n for n in sizes), None)
+    for combo in itertools.product(*(range(n) for n in sizes)):
+        if len(rows) >= want:
+            break
+        rows.setdefault(combo, None)
+    return np.array(list(rows), dtype=np.int64).reshape(len(rows), len(sizes))
+
+
 def grid_inputs(
     rows: np.ndarray | None, per: int, meta: Mapping[str, Any], seed: int, psi: float | None = None
 ) -> tuple[np.ndarray, np.ndarray | None]:

@@ -72,14 +72,13 @@ def _sample_grid(G: Any, meta: dict[str, Any], path: Path) -> None:
     import torch
 
     from ganscale.outputs.images import make_grid, save_png
+    from ganscale.outputs.latents import spread_conditions
     from ganscale.outputs.sampling import generate
 
     attrs = meta["attributes"]
     if attrs:
-        names = list(attrs)
-        rows = min(8, max(len(v) for v in attrs.values()))
-        conditions = [" ".join(f"{attrs[a][i % len(attrs[a])]} {a}" for a in names) for i in range(rows)]
-        images = generate(G, meta, conditions, 8, seed=0, device=torch.device("cpu"))
+        rows = spread_conditions(attrs, min(8, max(len(v) for v in attrs.values())))
+        images = generate(G, meta, rows, 8, seed=0, device=torch.device("cpu"))
     else:
         images = generate(G, meta, None, 8, seed=0, device=torch.device("cpu"), rows=8)
     save_png(make_grid(images, ncol=8), path)
@@ -194,8 +193,8 @@ def model_card(meta: dict[str, Any], cfg: dict[str, Any], facts: dict[str, Any],
         'G, meta = load_generator("path/to/this/folder")  # eval mode; G(z, labels) -> [B, 3, S, S]',
         "```",
         "",
-        'Or `ganscale sample path/to/this/folder --tags "..."` / `ganscale serve path/to/this/folder`.',
     ]
+    lines += _sampling_lines(attrs)
     if m["arch"] == "dcgan":
         lines += [
             "",
@@ -205,6 +204,45 @@ def model_card(meta: dict[str, Any], cfg: dict[str, Any], facts: dict[str, Any],
         ]
         lines += [SNIPPET.rstrip("\n"), "```"]
     return "\n".join(front + lines) + "\n"
+
+
+def _sampling_lines(attrs: dict[str, list[str]]) -> list[str]:
+    """How to ask the CLI for images: one ``--cond ATTR=VALUE`` per attribute of this model."""
+    folder = "path/to/this/folder"
+    if not attrs:
+        return ["", f"Or `ganscale sample {folder}` / `ganscale serve {folder}` (one page in a browser)."]
+    import math
+
+    from ganscale.outputs.latents import MAX_ALL_CONDITIONS, parse_condition
+
+    cond = " ".join(f"--cond {a}={v[0]}" for a, v in attrs.items())
+    words = " ".join(v[-1] for v in attrs.values())
+    values = [{x.lower() for x in v} for v in attrs.values()]
+    try:  # values alone where each names one attribute; else (shared words) "blue hair red eyes"
+        if len(set().union(*values)) < sum(map(len, values)):
+            raise GanscaleError("a value shared by two attributes")
+        parse_condition(words, attrs)
+        note = "values alone, when each names one attribute"
+    except GanscaleError:
+        words = " ".join(f"{v[-1]} {a}" for a, v in attrs.items())
+        note = "each value followed by its attribute"
+    every = "--all-conditions"
+    if math.prod(map(len, attrs.values())) > MAX_ALL_CONDITIONS:  # refused: hold the first attribute
+        first, vals = next(iter(attrs.items()))
+        every += f" --cond {first}={vals[0]}"
+    return [
+        "",
+        "Or from the command line, one `--cond ATTR=VALUE` per attribute ("
+        + "; ".join(f"{a}: {', '.join(v)}" for a, v in attrs.items())
+        + "):",
+        "",
+        "```bash",
+        f"ganscale sample {folder} {cond}",
+        f'ganscale sample {folder} --tags "{words}"   # {note}',
+        f"ganscale sample {folder} {every}   # one row per combination",
+        f"ganscale serve {folder}   # one picker per attribute in a browser page",
+        "```",
+    ]
 
 
 def _held_out(acc: Any) -> str:
@@ -236,4 +274,11 @@ def _eval_lines(ev: dict[str, Any] | None) -> list[str]:
     floor = ev.get("real_vs_real") or {}
     for k, v in (ev.get("metrics") or {}).items():
         out.append(f"- {k}: {_fmt(v)} (real-vs-real {_fmt(floor.get(k))})")
+    if "diversity" in (ev.get("metrics") or {}):
+        out += [
+            "",
+            "`diversity`: how much generated images of one condition differ from each other, as a "
+            "fraction of how much real images of one condition do (1.0 = as varied as the real "
+            "images, near 0 = one image per condition).",
+        ]
     return out

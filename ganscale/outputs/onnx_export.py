@@ -4,7 +4,10 @@ The graph's inputs are ``z`` (float32 [B, z_dim]) and ``labels`` (int64 [B, A], 
 -1 = unknown); its output ``images`` is float32 [B, 3, S, S] in [-1, 1]. Two more inputs,
 ``labels_to`` (int64) and ``t`` (float32 [B or 1, 1]), are *overridable initializers*: they
 have defaults (no second condition, t = 0), so a plain caller sees only ``z`` and ``labels``,
-while the interpolation strip feeds them to mix two conditions inside one graph.
+while the interpolation strip feeds them to mix two conditions inside one graph. The columns of
+``labels`` are the run's attributes in generator.json's order, whatever their names; the graph
+carries them too (:func:`describe`: metadata ``ganscale.attributes`` and the inputs' doc
+strings), so a bare ``generator.onnx`` says what each column means.
 
 Exporter: torch 2.13's default (dynamo) exporter needs onnxscript; the TorchScript exporter
 (``dynamo=False``, opset 17) handles these convolutional generators exactly, so it is used.
@@ -109,6 +112,7 @@ def export_onnx(run: Path, out_dir: Path, check: bool = True) -> Path:
             ]
         )
     model.producer_name = "ganscale"
+    describe(model, meta)
     onnx.checker.check_model(model)
     onnx.save(model, str(tmp))
     tmp.replace(path)
@@ -120,6 +124,31 @@ def export_onnx(run: Path, out_dir: Path, check: bool = True) -> Path:
         if err > PARITY_ATOL:
             raise GanscaleError(f"{path}: onnxruntime differs from PyTorch by {err:.2e} (> {PARITY_ATOL})")
     return path
+
+
+def describe(model, meta: dict) -> None:  # noqa: ANN001 - an onnx.ModelProto (onnx stays lazy)
+    """Make the graph self-describing for any attributes: metadata ``ganscale.attributes`` (the
+    vocabularies, in the column order of ``labels``) and ``ganscale.generator`` (the whole
+    generator.json), and a doc string on ``labels`` naming its columns and their values."""
+    import json
+
+    import onnx
+
+    attributes = meta["attributes"]
+    onnx.helper.set_model_props(
+        model,
+        {"ganscale.attributes": json.dumps(attributes), "ganscale.generator": json.dumps(meta)},
+    )
+    docs = {"z": f"float32 [B, {meta['z_dim']}] ~ N(0, {float(meta['z_sigma']):.4g}^2)"}
+    if attributes:
+        named = enumerate(attributes.items())
+        columns = "; ".join(f"column {i} = {a}: {', '.join(v)}" for i, (a, v) in named)
+        docs["labels"] = f"int64 [B, {len(attributes)}] class indices (-1 = unknown): {columns}"
+        docs["labels_to"] = "int64 [B or 1, A]: a second condition, mixed in by t (default: none)"
+        docs["t"] = "float32 [B or 1, 1]: 0 = labels, 1 = labels_to (default 0)"
+    for value in model.graph.input:
+        if value.name in docs:
+            value.doc_string = docs[value.name]
 
 
 def parity(G, onnx_path: Path, n: int = 16, seed: int = 0) -> float:  # noqa: ANN001 - an nn.Module

@@ -39,20 +39,24 @@ BATCH = 256
 def generate(
     G: nn.Module,
     meta: dict[str, Any],
-    conditions: list[str] | None,
+    conditions: list[str] | np.ndarray | None,
     per_condition: int,
     seed: int,
     device: torch.device,
     rows: int = 4,
     psi: float | None = None,
 ) -> torch.Tensor:
-    """Images [R*per_condition, 3, S, S] from ``G`` in memory: one row per condition, the same z
-    down each column (:func:`ganscale.outputs.latents.grid_inputs`); unconditional: ``rows *
-    per_condition`` faces. ``psi``: truncation."""
+    """Images [R*per_condition, 3, S, S] from ``G`` in memory: one row per condition (condition
+    texts, or int64 [R, A] class indices), the same z down each column
+    (:func:`ganscale.outputs.latents.grid_inputs`); unconditional: ``rows * per_condition``
+    faces. ``psi``: truncation."""
     import torch
 
     count = per_condition if conditions is not None else rows * per_condition
-    label_rows = None if conditions is None else condition_labels(conditions, meta["attributes"])
+    if conditions is None or isinstance(conditions, np.ndarray):
+        label_rows = conditions
+    else:
+        label_rows = condition_labels(conditions, meta["attributes"])
     z, labels = grid_inputs(label_rows, count, meta, seed, psi=psi)
     was_training = G.training
     G.eval()

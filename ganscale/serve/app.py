@@ -2,7 +2,7 @@
 
     GET  /                 the page (plain HTML + a little JS, nothing fetched from elsewhere)
     GET  /api/info         vocabularies, image size, backend, the run's facts (step, eval...)
-    POST /api/generate     {"conditions": {"hair": "blue", "eyes": "any"}, "n": 16, "seed": 3 | null,
+    POST /api/generate     {"conditions": {ATTR: VALUE or "any", ...}, "n": 16, "seed": 3 | null,
                             "truncation": 0.7 | null} -> a PNG grid (data URL) + one tag text per face
     POST /api/interpolate  {"start": {"conditions", "seed"}, "end": {...}, "frames": 8,
                             "truncation"} -> a strip PNG and a GIF (data URLs)
@@ -11,7 +11,7 @@
 faces toward the average one; null or 1 = none. z and the conditions left to "any" are drawn by
 ganscale.outputs.latents, as for `ganscale sample`: seed k here is seed k there.
 
-Safety: requests carry only colour names, counts, seeds and a truncation value, checked by
+Safety: requests carry only attribute values, counts, seeds and a truncation value, checked by
 strict pydantic models (unknown fields refused), then against the model's own vocabulary; no
 request names a file or runs code. Errors are ``{"error": "<one line>"}`` with 400 (not JSON),
 413 (too large) or 422 (a bad value). Bodies over 16 KiB are refused before parsing. The

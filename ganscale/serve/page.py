@@ -34,7 +34,7 @@ PAGE = """<!doctype html>
 <main>
 <section id="controls">
  <div id="conditions"></div>
- <label for="n">How many faces (1-64)</label><input id="n" value="16">
+ <label for="n">How many images (1-64)</label><input id="n" value="16">
  <label for="seed">Seed (a number, or "random")</label><input id="seed" value="random">
  <div id="truncation-box"><label for="truncation">Truncation psi (0-1; lower = nearer the average face; empty = off)</label>
  <input id="truncation" value=""></div>
@@ -42,7 +42,7 @@ PAGE = """<!doctype html>
  <h3>Interpolate</h3>
  <div id="interp-note">From the condition and seed above to:</div>
  <div id="to-conditions"></div>
- <label for="to-seed">End seed (empty = same face)</label><input id="to-seed" value="">
+ <label for="to-seed">End seed (empty = same image)</label><input id="to-seed" value="">
  <label for="frames">Frames (2-32)</label><input id="frames" value="8">
  <button id="interpolate">Interpolate</button>
 </section>
@@ -66,15 +66,20 @@ let INFO = null;
 const $ = (id) => document.getElementById(id);
 function el(tag, text, cls) { const e = document.createElement(tag); if (text !== undefined) e.textContent = text;
   if (cls) e.className = cls; return e; }
+const colours = (values) => values.every((v) => v in SWATCH);
 function selects(box, prefix) {
   for (const [attr, values] of Object.entries(INFO.attributes)) {
     const lab = el("label", attr); lab.htmlFor = prefix + attr; box.appendChild(lab);
     const row = el("div", undefined, "row"); const s = el("select"); s.id = prefix + attr;
     s.appendChild(Object.assign(el("option", "any"), {value: "any"}));
     for (const v of values) s.appendChild(Object.assign(el("option", v), {value: v}));
-    const sw = el("span", undefined, "swatch"); sw.id = prefix + attr + "-swatch";
-    const paint = () => { sw.style.background = SWATCH[s.value] || "repeating-linear-gradient(45deg,#ddd 0 4px,#fff 4px 8px)"; };
-    s.addEventListener("change", paint); paint(); row.append(s, sw); box.appendChild(row);
+    row.append(s);
+    if (colours(values)) {  // a swatch only where the values are colours (hair, eyes); any other attribute: the picker alone
+      const sw = el("span", undefined, "swatch"); sw.id = prefix + attr + "-swatch";
+      const paint = () => { sw.style.background = SWATCH[s.value] || "repeating-linear-gradient(45deg,#ddd 0 4px,#fff 4px 8px)"; };
+      s.addEventListener("change", paint); paint(); row.append(sw);
+    }
+    box.appendChild(row);
   }
 }
 function conditions(prefix) { const c = {}; for (const a of Object.keys(INFO.attributes)) c[a] = $(prefix + a).value; return c; }
@@ -95,9 +100,11 @@ function facts(f) {
   for (const [k, v] of Object.entries(ev.metrics || {})) row(k, fmt(v) + " (real " + fmt((ev.real_vs_real || {})[k]) + ")");
   b.appendChild(e);
   for (const [attr, per] of Object.entries(ev.per_value_accuracy || {})) {
-    b.appendChild(el("h3", attr + " accuracy per colour")); const p = el("table");
-    for (const [v, a] of Object.entries(per)) { const r = el("tr"); const sw = el("span", undefined, "swatch");
-      sw.style.background = SWATCH[v] || "#ccc"; const c = el("td"); c.appendChild(sw); r.append(c, el("td", v), el("td", fmt(a, true))); p.appendChild(r); }
+    const painted = colours(Object.keys(per));
+    b.appendChild(el("h3", attr + " accuracy per " + (painted ? "colour" : "value"))); const p = el("table");
+    for (const [v, a] of Object.entries(per)) { const r = el("tr"); const c = el("td");
+      if (painted) { const sw = el("span", undefined, "swatch"); sw.style.background = SWATCH[v]; c.appendChild(sw); }
+      r.append(c, el("td", v), el("td", fmt(a, true))); p.appendChild(r); }
     b.appendChild(p);
   }
 }

@@ -5,13 +5,14 @@ spec order) or any folder above runs (every eval.json below it). A run's group i
 cell (RUN/sweep-cell.json or the manifest), else the folder above ``seed-N``, else the run.
 
 Every number in eval.json is a metric except the reference and bookkeeping fields
-(:data:`NOT_METRICS`), so keys added to eval.json later (per-colour accuracy, accuracy
-under uniform conditions...) are columns without a change here. Nested keys are dotted:
-``accuracy.hair``, ``acc_per_value.hair.red``. The printed table and report.md show the
-headline columns (:func:`headline`: accuracy drawn as in the corpus and uniform, FID, KID,
-precision, recall, within-condition ``diversity`` (1.0 = as varied as the real images, ~0 =
-one image per condition) and ``fid_div``; per-colour accuracy as a second table, one row per
-colour); ``--all``
+(:data:`NOT_METRICS`), so keys added to eval.json later (per-value accuracy, accuracy
+under uniform conditions...) are columns without a change here, for any attribute names.
+Nested keys are dotted: ``accuracy.hair``, ``acc_per_value.hair.red``,
+``acc_per_value.vendor.google``. The printed table and report.md show the headline columns
+(:func:`headline`: accuracy drawn as in the corpus and uniform, FID, KID, precision, recall,
+within-condition ``diversity`` (1.0 = as varied as the real images, ~0 = one image per
+condition) and ``fid_div``; per-value accuracy as a second table, one row per attribute
+value); ``--all``
 shows every column. The "real images" row holds the real-data references (classifier
 accuracy on real images, real-vs-real FID...) under the same column names.
 """
@@ -152,11 +153,12 @@ def headline(columns: list[str]) -> list[str]:
 
 
 def per_value_rows(groups: list[Group]) -> list[list[str]]:
-    """Per-colour accuracy (acc_per_value.ATTR.VALUE): one row per attribute value, one column
-    per cell; empty when no run has it."""
+    """Accuracy per attribute value (acc_per_value.ATTR.VALUE, whatever the run's attributes:
+    hair colours, vendors, categories): one row per attribute value, one column per cell; empty
+    when no run has it. A value may hold dots itself (``acc_per_value.version.v1.5``)."""
     keys: dict[str, None] = {}
     for g in groups:
-        keys |= dict.fromkeys(k for k in g.metrics if k.startswith("acc_per_value.") and k.count(".") == 2)
+        keys |= dict.fromkeys(k for k in g.metrics if k.startswith("acc_per_value.") and k.count(".") >= 2)
     if not keys:
         return []
     out = [["attribute value", *(g.name for g in groups)]]
@@ -243,7 +245,7 @@ def report(
 ) -> tuple[Path, Path]:
     """Print the table, write it as Markdown (``out``, default report.md in the one folder
     given, else in the current folder) and the plot beside it; (markdown, png). Headline
-    columns and a per-colour table, or every metric column with ``every_column``."""
+    columns and a per-value table, or every metric column with ``every_column``."""
     groups, reference, columns = collect(paths)
     shown = columns if every_column else (headline(columns) or columns)
     table = rows(groups, reference, shown)

@@ -10,6 +10,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ganscale.config import Config
@@ -22,7 +23,7 @@ from ganscale.train.monitors import HealthMonitor, HealthWarning
 from ganscale.train.run_folder import RunMetrics
 
 # Rows of the fixed sample grid for conditional runs: the study's conditions where the corpus
-# has those colours (the first combinations of the vocabulary otherwise).
+# has those colours (a spread of its own vocabulary otherwise: sample_conditions).
 STUDY_CONDITIONS = [
     "aqua hair orange eyes",
     "blue hair blue eyes",
@@ -31,6 +32,8 @@ STUDY_CONDITIONS = [
     "pink hair green eyes",
     "blonde hair purple eyes",
 ]
+GRID_ROWS = 6
+"""Rows of the fixed sample grid of a run whose attributes are its own (one per condition)."""
 
 
 def _quiet(message: str) -> None:
@@ -167,8 +170,12 @@ class Progress(NullProgress):
         self.bar.stop()
 
 
-def sample_conditions(attributes: dict[str, list[str]]) -> list[str] | None:
-    """The rows of the fixed sample grid (None for an unconditional run)."""
+def sample_conditions(attributes: dict[str, list[str]]) -> np.ndarray | None:
+    """The rows of the fixed sample grid as int64 [R, A] class indices (None for an
+    unconditional run): the study's conditions where the corpus has those colours; for a corpus
+    with attributes of its own, :data:`GRID_ROWS` combinations from its vocabulary that show
+    every value of each attribute where the rows allow."""
+    from ganscale.outputs.latents import spread_conditions
     from ganscale.shardformat.vocab import parse_tags
 
     if not attributes:
@@ -176,14 +183,12 @@ def sample_conditions(attributes: dict[str, list[str]]) -> list[str] | None:
     rows = []
     for text in STUDY_CONDITIONS:
         try:
-            parse_tags(text, attributes)
+            rows.append(parse_tags(text, attributes))
         except GanscaleError:
             continue
-        rows.append(text)
-    if not rows:  # a corpus with other attribute names: first combinations
-        names = list(attributes)
-        rows = [" ".join(f"{attributes[a][i % len(attributes[a])]} {a}" for a in names) for i in range(6)]
-    return rows
+    if rows:
+        return np.array(rows, dtype=np.int64)
+    return spread_conditions(attributes, GRID_ROWS)
 
 
 class NullOutputs:
