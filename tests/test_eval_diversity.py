@@ -142,3 +142,9 @@ def test_collapsed_generator_scores_near_zero_and_never_wins_best(corpus):
     assert ev.is_better(good, 1) and not ev.is_better(bad, 2) and ev.best_step == 1
     ev2 = evaluator()
     assert ev2.is_better(bad, 1) and ev2.is_better(good, 2) and ev2.best_step == 2
+    # a metric computed after the diversity figures (uniform accuracy) is not called "not computable"
+    said = []
+    cfg.eval = EvalConfig(n=64, metric="acc_joint_uniform")
+    uniform = TrainingEvaluator(cfg, attributes, corpus, "cpu", log=said.append)
+    assert "eval/acc_joint_uniform" in uniform.evaluate(varied, 1, Runtime())
+    assert not [s for s in said if "not computable" in s], said

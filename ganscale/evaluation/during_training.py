@@ -163,17 +163,17 @@ class TrainingEvaluator:
             )
             structure = torch.from_numpy(np.concatenate([p[5] for p in parts])[order])
             metrics = score(feats, preds, self._labels, self.ref, self.attributes, incep, structure)
+            if self._uniform_labels is not None:
+                even = torch.from_numpy(np.concatenate([p[4] for p in parts])[order])
+                acc = accuracy(even, self._uniform_labels, self.attributes)
+                metrics |= {f"acc_uniform/{a}": acc[a] for a in self.attributes}
+                metrics["acc_joint_uniform"] = acc["joint"]
             if self.metric not in metrics and not self._warned:
                 self._warned = True
                 self.log(
                     f"eval.metric={self.metric}: not computable at eval.n={self.n} (no condition drew 2 "
                     "generated and 2 real images); best/ is not updated until it is: raise eval.n"
                 )
-            if self._uniform_labels is not None:
-                even = torch.from_numpy(np.concatenate([p[4] for p in parts])[order])
-                acc = accuracy(even, self._uniform_labels, self.attributes)
-                metrics |= {f"acc_uniform/{a}": acc[a] for a in self.attributes}
-                metrics["acc_joint_uniform"] = acc["joint"]
             result = {PREFIX + k: float(v) for k, v in metrics.items() if not k.endswith("_std")}
             result[PREFIX + "seconds"] = round(time.perf_counter() - t0, 2)
         return rt.all_gather_object(result)[0]
