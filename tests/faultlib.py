@@ -163,6 +163,13 @@ def run_cli(*args: str, timeout: float = 180.0, **extra_env: str) -> subprocess.
     )
 
 
+def cli_ok(*args: object, timeout: float = 300.0) -> subprocess.CompletedProcess:
+    """``python -m ganscale ARGS`` that must succeed (the stderr tail on failure)."""
+    proc = run_cli(*map(str, args), timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc
+
+
 def one_line_error(proc: subprocess.CompletedProcess) -> str:
     """The single ``error: ...`` line of a failed CLI run (asserts exit 2 and no traceback)."""
     assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])

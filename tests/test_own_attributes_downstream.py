@@ -6,12 +6,10 @@ per-value accuracy, `report`'s per-value table, the serve API, the model folder'
 ONNX export, none of which may assume hair and eyes."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-from conftest import REPO
+from faultlib import cli_ok as _ganscale
 from PIL import Image
 
 pytestmark = pytest.mark.slow
@@ -19,18 +17,6 @@ pytestmark = pytest.mark.slow
 VENDORS = {"apple": 0, "google": 90}
 CATEGORIES = {"flags": (200, 30, 30), "food": (30, 200, 30), "symbols": (30, 30, 200)}
 ATTRIBUTES = {"vendor": sorted(VENDORS), "category": sorted(CATEGORIES)}
-
-
-def _ganscale(*args, timeout=300):
-    r = subprocess.run(
-        [sys.executable, "-m", "ganscale", *map(str, args)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert r.returncode == 0, r.stderr[-2000:]
-    return r
 
 
 @pytest.fixture(scope="module")

@@ -2,12 +2,10 @@
 ``_`` and ``-``): `sample --cond`, values alone in `--tags`, and the serve page's pickers."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-from conftest import REPO
+from faultlib import cli_ok as _ganscale
 from PIL import Image
 
 from ganscale.outputs.sampling import sample_command
@@ -15,18 +13,6 @@ from ganscale.outputs.sampling import sample_command
 pytestmark = pytest.mark.slow
 
 CLASSES = {"flags": (200, 30, 30), "smileys_emotion": (240, 200, 40), "travel-places": (30, 60, 200)}
-
-
-def _ganscale(*args, timeout=300):
-    r = subprocess.run(
-        [sys.executable, "-m", "ganscale", *map(str, args)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert r.returncode == 0, r.stderr[-2000:]
-    return r
 
 
 @pytest.fixture(scope="module")
