@@ -82,7 +82,9 @@ def test_kill9_at_random_points_then_resume(tmp_path, corpus_cache):
         landed[where] = landed.get(where, 0) + 1
         # every checkpoint listed as complete loads fully; a torn one is never listed
         steps = verify_run(run)
-        assert steps == sorted(steps) and len(steps) <= 2
+        # keep=2, plus one when the kill fell between a commit's rename and its prune (the next
+        # commit prunes every older one)
+        assert steps == sorted(steps) and len(steps) <= 3
         for s in staging(run):
             assert not re.match(r"^step-\d+$", s.name)
     # the last process resumes and trains to the end (a few steps past the last checkpoint)
