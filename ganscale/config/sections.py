@@ -58,6 +58,12 @@ class ModelConfig:
     after a normalised layer rescales it and undoes the Lipschitz bound), so with spectral norm
     on D, d_norm auto resolves to none (train/plan.py); set d_norm: batch to keep BN in D anyway. G keeps its
     BatchNorm. Exports hold the raw weights plus power-iteration vectors (models/spectral.py)."""
+    d_minibatch_std: int = 0
+    """Minibatch standard deviation in D (Karras et al. 2018, StyleGAN's ``mbstd_group_size``):
+    the group size; D's features gain one more, the standard deviation of each feature over the
+    sample's group of this many images (real with real, fake with fake), averaged. A G that draws
+    one face per condition makes it ~0 on fakes, which D then tells from reals. 0 = off; 4 is
+    StyleGAN's. A batch that does not divide into groups is one group."""
     g_condition: Literal["concat", "cbn"] = "concat"
     """How G takes the labels: concat: one-hot labels concatenated to z (the study's ACGAN);
     cbn: conditional BatchNorm, z alone enters G and per-attribute class embeddings give every
@@ -68,6 +74,11 @@ class ModelConfig:
             self.image_size in (16, 32, 64, 128, 256),
             "model.image_size",
             f"{self.image_size} is not supported; use 16, 32, 64, 128 or 256",
+        )
+        check(
+            self.d_minibatch_std >= 0,
+            "model.d_minibatch_std",
+            f"must be >= 0 (0: off), got {self.d_minibatch_std}",
         )
         for k in ("z_dim", "g_channels", "d_channels", "head_layers"):
             check(getattr(self, k) > 0, f"model.{k}", f"must be > 0, got {getattr(self, k)}")
@@ -100,6 +111,11 @@ class LossConfig:
     """Lazy regularisation (StyleGAN2): the penalty runs on D updates 0, N, 2N... with its weight
     x N (same average strength, N-1 of N updates skip its double backward), added to that
     update's loss (no extra optimizer step, so Adam's betas/lr stay). 1 = every update."""
+    mode_seeking_weight: float = 0.0
+    """Mode-seeking regularisation of G (MSGAN, Mao et al. 2019): the two halves of each G
+    batch are drawn with the same labels (image i and i + B/2 share a condition, different z)
+    and G's loss gains weight / (mean|G(z1) - G(z2)| / mean|z1 - z2| + 1e-5), so two z of one
+    condition must give different images. 0 = off; MSGAN uses 1. Needs an even batch."""
     lecam_weight: float = 0.0
     """LeCam regularisation of D (Tseng et al. 2021), for limited data: weight x (mean (D(x) -
     a_F)^2 + mean (D(G(z)) - a_R)^2) on the adversarial logits, a_R / a_F the EMAs of D's mean
@@ -112,6 +128,11 @@ class LossConfig:
         check(self.penalty_weight >= 0, "loss.penalty_weight", "must be >= 0")
         check(self.class_weight >= 0, "loss.class_weight", "must be >= 0")
         check(self.penalty_every >= 1, "loss.penalty_every", f"must be >= 1, got {self.penalty_every}")
+        check(
+            self.mode_seeking_weight >= 0,
+            "loss.mode_seeking_weight",
+            f"must be >= 0 (0: off), got {self.mode_seeking_weight}",
+        )
         check(self.lecam_weight >= 0, "loss.lecam_weight", f"must be >= 0 (0: off), got {self.lecam_weight}")
         check(0 <= self.lecam_decay < 1, "loss.lecam_decay", f"must be in [0, 1), got {self.lecam_decay}")
 

@@ -74,6 +74,7 @@ def build_discriminator(cfg: ModelConfig, num_classes: list[int], norm: str) -> 
         classes,
         head=cfg.head,
         head_layers=cfg.head_layers,
+        minibatch_std_group=cfg.d_minibatch_std,
         classifier=classifier,
     )
     init_dcgan_weights(d)

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 from itertools import pairwise
 
+import torch
 from torch import Tensor, nn
 
-from ganscale.models.layers import LEAK
+from ganscale.models.layers import LEAK, minibatch_std
 
 HEAD_HIDDEN = 256
 """Hidden width of the separate MLP heads (capped at the trunk's feature size)."""
@@ -49,6 +50,7 @@ class Discriminator(nn.Module):
         head: str = "shared",
         head_layers: int = 1,
         classifier: nn.Module | None = None,
+        minibatch_std_group: int = 0,
     ) -> None:
         super().__init__()
         if head not in HEAD_KINDS:
@@ -58,7 +60,9 @@ class Discriminator(nn.Module):
         self.num_classes = list(num_classes)
         self.head = head if num_classes else "none"
         self.trunk = trunk
-        feat = trunk.feature_dim
+        # model.d_minibatch_std: one more feature, the group's standard deviation (0: none)
+        self.mbstd_group = minibatch_std_group
+        feat = trunk.feature_dim + (1 if minibatch_std_group else 0)
         layers = head_layers if self.head == "separate" else 1
         self.adv_head = mlp_head(feat, 1, layers)
         # Where the class heads read from: D's own features, or the separate classifier CNN.
@@ -71,6 +75,8 @@ class Discriminator(nn.Module):
 
     def forward(self, x: Tensor, labels: Tensor | None = None) -> tuple[Tensor, list[Tensor]]:
         phi = self.trunk(x)
+        if self.mbstd_group:
+            phi = torch.cat([phi, minibatch_std(phi, self.mbstd_group)], 1)
         adv = self.adv_head(phi).squeeze(1)
         if labels is not None:
             for i, embed in enumerate(self.embeds):  # empty unless head == "projection"

@@ -115,3 +115,18 @@ def generator_code_dim(num_classes: list[int], condition: str) -> int:
 def g_norm(channels: int, code_dim: int) -> nn.Module:
     """G's normalisation: BatchNorm2d, or conditional BatchNorm when ``code_dim`` > 0 (cbn)."""
     return ConditionalBatchNorm2d(channels, code_dim) if code_dim else nn.BatchNorm2d(channels)
+
+
+def minibatch_std(x: Tensor, group: int) -> Tensor:
+    """[B, F] features -> [B, 1]: the standard deviation of each feature over the sample's group
+    of ``group`` samples, averaged over the features (StyleGAN's minibatch standard deviation,
+    Karras et al. 2018; sample n is in group n mod B/group, as there). A batch that does not
+    divide into groups is one group. Fakes of a G that draws one image per condition give ~0
+    where reals do not, so D can tell them apart and G is pushed to vary."""
+    b = x.shape[0]
+    g = min(group, b)
+    if b % g:
+        g = b
+    y = x.float().reshape(g, b // g, -1)
+    std = (y.var(0, unbiased=False) + 1e-8).sqrt().mean(1)
+    return std.repeat(g)[:, None].to(x.dtype)

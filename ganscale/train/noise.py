@@ -20,9 +20,11 @@ class NoiseSource:
         z_sigma: float,
         num_classes: list[int],
         device: torch.device,
+        paired: bool = False,
     ) -> None:
         self.seed, self.rank, self.z_dim, self.z_sigma = seed, rank, z_dim, z_sigma
         self.num_classes, self.device = list(num_classes), device
+        self.paired = paired  # loss.mode_seeking_weight: image i + B/2 takes image i's labels
         self._gen = torch.Generator(device=device)  # re-seeded per draw: the same stream as a new one
 
     def draw(
@@ -39,6 +41,9 @@ class NoiseSource:
         labels = torch.stack(
             [torch.randint(n, (batch,), device=dev, generator=gen) for n in self.num_classes], 1
         )
+        if self.paired:
+            half = batch // 2
+            labels[half : 2 * half] = labels[:half]
         return z, labels
 
     def generator(self, step: int, phase: NoisePhase, critic: int = 0, micro: int = 0) -> torch.Generator:

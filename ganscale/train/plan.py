@@ -120,6 +120,11 @@ def resolve(cfg: Config, world: int, corpus: ResolvedCorpus | CorpusInfo) -> Pla
             "model.conditional is true but the corpus has no attributes (labels); "
             "use a labelled corpus or --set model.conditional=false"
         )
+    if cfg.loss.mode_seeking_weight > 0 and batch.batch_size < 2:
+        raise GanscaleError(
+            "config key loss.mode_seeking_weight: needs pairs of images in each batch, but "
+            f"train.batch_size resolves to {batch.batch_size} per process; use a batch of 2 or more"
+        )
     if cfg.data.in_memory and shards is not None:
         _check_memory(cfg, world, info)
     if cfg.train.freeze_d:

@@ -78,6 +78,21 @@ def penalty_term(
     return lc.penalty_weight * lc.penalty_every * pen
 
 
+def mode_seeking_term(
+    lc: LossConfig, z: torch.Tensor, fake: torch.Tensor, out: dict[str, torch.Tensor]
+) -> torch.Tensor:
+    """MSGAN's term of G's loss (Mao et al. 2019): image i and i + B/2 share their labels
+    (:class:`~ganscale.train.noise.NoiseSource` pairs them), so ``mean|G(z1) - G(z2)| /
+    mean|z1 - z2|`` is how far G moves per unit of z within a condition; its inverse (+1e-5) is
+    penalised. ``out["loss/mode_seeking"]``: that ratio (higher: more varied)."""
+    half = z.shape[0] // 2
+    dz = (z[:half] - z[half : 2 * half]).float().abs().mean()
+    dx = (fake[:half] - fake[half : 2 * half]).float().abs().mean()
+    ratio = dx / dz
+    out["loss/mode_seeking"] = ratio.detach()
+    return lc.mode_seeking_weight / (ratio + 1e-5)
+
+
 def lecam_term(
     lc: LossConfig,
     lecam: losses.LeCamEMA,

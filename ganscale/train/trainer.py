@@ -137,7 +137,13 @@ class Trainer:
         rt.setup(G, D)
         self.ema = EMA(rt.module("g"), cfg.train.ema_decay)
         self.noise = NoiseSource(
-            cfg.seed, rt.rank, cfg.model.z_dim, cfg.model.z_sigma, self.num_classes, rt.device
+            cfg.seed,
+            rt.rank,
+            cfg.model.z_dim,
+            cfg.model.z_sigma,
+            self.num_classes,
+            rt.device,
+            paired=cfg.loss.mode_seeking_weight > 0,
         )
         # the real batch: loader uint8 -> float [-1, 1] on the device, the study's flip/rotation
         # warped there (data.augment_on: device); float batches fed in are only moved
@@ -262,6 +268,8 @@ class Trainer:
                     fake, fake_labels = shared if shared is not None else (rt.G(z, fake_labels), fake_labels)
                     g_logits, g_cls = D(aug(fake), fake_labels)
                     loss_g, cls_g = terms.g_loss(lc, g_logits, g_cls, fake_labels)
+                    if lc.mode_seeking_weight > 0:  # pairs of one condition must differ
+                        loss_g = loss_g + terms.mode_seeking_term(lc, z, fake, out)
                     rt.backward(loss_g / accum, "g")
         if self.update("g", loss_g, log, out):
             self.ema.update()
