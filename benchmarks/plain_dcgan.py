@@ -290,7 +290,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             if args.log_every and step % args.log_every == 0:
                 print(
                     f"[plain] step {step} epoch {epoch} {time.monotonic() - START:.0f} s "
-                    f"loss_d {float(err_d_real + err_d_fake):.3f} loss_g {float(err_g):.3f}",
+                    f"loss_d {(err_d_real + err_d_fake).item():.3f} loss_g {err_g.item():.3f}",
                     flush=True,
                 )
             elapsed = time.monotonic() - START
