@@ -30,6 +30,11 @@ BARS = {"hair": 0.97, "eyes": 0.90, "diversity": 0.90}
 """Bars on the mean over seeds; diversity (issue 23): within-condition diversity, samples / real."""
 
 
+def _number(value: float | None) -> float:
+    """An eval.json figure, NaN where it was not computable (None); 0.0 stays 0.0."""
+    return float("nan") if value is None else float(value)
+
+
 def main(argv: list[str] | None = None) -> int:
     from ganscale.sweep.local import cell_status, read_cell_file, run_local
     from ganscale.sweep.spec import load_spec, write_manifest
@@ -73,8 +78,8 @@ def main(argv: list[str] | None = None) -> int:
             "eyes": acc.get("eyes", float("nan")),
             "joint": acc.get("joint", float("nan")),
             "fid_classifier": result["fid_classifier"],
-            "diversity": result.get("diversity") or float("nan"),
-            "recall": result.get("recall_classifier") or float("nan"),
+            "diversity": _number(result.get("diversity")),
+            "recall": _number(result.get("recall_classifier")),
             "train_seconds": float(info.get("train_seconds", 0.0)),
             "stopped_by_budget": bool(info.get("stopped_by_budget")),
             "steps": cell_status(spec, cell).step,
