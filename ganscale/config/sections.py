@@ -115,7 +115,8 @@ class LossConfig:
     """Mode-seeking regularisation of G (MSGAN, Mao et al. 2019): the two halves of each G
     batch are drawn with the same labels (image i and i + B/2 share a condition, different z)
     and G's loss gains weight / (mean|G(z1) - G(z2)| / mean|z1 - z2| + 1e-5), so two z of one
-    condition must give different images. 0 = off; MSGAN uses 1. Needs an even batch."""
+    condition must give different images. 0 = off; MSGAN uses 1. Needs a batch of 2 or more per
+    process (refused below); in an odd batch the last image has no pair."""
     lecam_weight: float = 0.0
     """LeCam regularisation of D (Tseng et al. 2021), for limited data: weight x (mean (D(x) -
     a_F)^2 + mean (D(G(z)) - a_R)^2) on the adversarial logits, a_R / a_F the EMAs of D's mean
